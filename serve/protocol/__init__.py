@@ -1,0 +1,1 @@
+"""tapeserve package."""
