@@ -1,0 +1,186 @@
+"""JSON parsing and tensor data conversion shared by the V2 and TF Serving decoders.
+
+Requests may carry `NaN`, `Infinity` and `-Infinity` (as Python's json and TF Serving write
+them); responses write them the same way so float values round-trip. `null` in tensor data is
+an error, never a silent NaN.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import numpy as np
+
+from serve.protocol.datatypes import V2_TO_NUMPY
+from serve.protocol.types import ProtocolError
+
+_INT_LIMITS = {
+    name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
+    for name, dt in V2_TO_NUMPY.items()
+    if dt.kind in "iu"
+}
+
+
+def loads(text: bytes | str, what: str = "request body") -> Any:
+    """Parse JSON, turning every failure (syntax, encoding, nesting depth) into a 400."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ProtocolError(400, f"{what}: JSON is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise ProtocolError(400, f"{what} is not valid JSON: {exc}") from None
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON; non-finite floats written as NaN / Infinity / -Infinity tokens."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return f"string {value[:40]!r}"
+    if isinstance(value, (list, tuple)):
+        return "a nested array (data is not rectangular)"
+    if isinstance(value, dict):
+        return "an object"
+    return f"{type(value).__name__} {value!r}"
+
+
+_ALL_OK = object()
+
+
+def _first_bad(arr: np.ndarray, ok) -> Any:
+    """The first element of `arr` (any rank) failing `ok`, or `_ALL_OK`."""
+    for value in arr.reshape(-1):
+        if not ok(value):
+            return value
+    return _ALL_OK
+
+
+def _reject(what: str, datatype: str, expected: str, value: Any) -> ProtocolError:
+    return ProtocolError(400, f"{what}: {datatype} data must be {expected}, got {_describe(value)}")
+
+
+def numeric_array(data: Any, datatype: str, what: str) -> np.ndarray:
+    """A numeric/BOOL tensor from (nested) JSON lists, shaped as nested; strict about types.
+
+    Integers must be integral and in range, BOOL must be true/false, and null, strings or
+    objects are rejected with the offending value named.
+    """
+    dtype = V2_TO_NUMPY[datatype]
+    try:
+        arr = np.asarray(data)
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(400, f"{what}: data is not a rectangular array") from None
+    kind = arr.dtype.kind
+    if arr.size == 0:
+        return np.empty(arr.shape, dtype)
+    if kind in "USV":
+        bad = _first_bad(_objects(data, what), lambda v: not isinstance(v, str))
+        raise _reject(what, datatype, _expected(datatype), bad)
+    if datatype == "BOOL":
+        if kind != "b":
+            bad = _first_bad(_objects(data, what), lambda v: isinstance(v, bool))
+            raise _reject(what, datatype, "true or false", bad)
+        return arr
+    if kind == "b":
+        raise _reject(what, datatype, _expected(datatype), True)
+    if datatype in _INT_LIMITS:
+        return _integer_array(arr, data, datatype, what)
+    if kind == "O":
+        flat = _objects(data, what)
+        bad = _first_bad(flat, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+        if bad is not _ALL_OK:
+            raise _reject(what, datatype, "numbers", bad)
+        try:
+            arr = np.asarray(flat.tolist(), dtype=np.float64).reshape(flat.shape)
+        except (OverflowError, ValueError):
+            raise ProtocolError(400, f"{what}: a number is too large for {datatype}") from None
+    with np.errstate(over="ignore"):
+        return arr.astype(dtype, copy=False)
+
+
+def _expected(datatype: str) -> str:
+    return "integers" if datatype in _INT_LIMITS else "numbers"
+
+
+def _objects(data: Any, what: str) -> np.ndarray:
+    """The data as an object array (nested lists kept as elements when ragged)."""
+    try:
+        return np.asarray(data, dtype=object)
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(400, f"{what}: data is not a rectangular array") from None
+
+
+def _integer_array(arr: np.ndarray, data: Any, datatype: str, what: str) -> np.ndarray:
+    lo, hi = _INT_LIMITS[datatype]
+    if arr.dtype.kind not in "iu":
+        # floats, or ints beyond int64 mixed in: check each element exactly
+        flat = _objects(data, what)
+        bad = _first_bad(flat, lambda v: isinstance(v, int) and not isinstance(v, bool))
+        if bad is not _ALL_OK:
+            if isinstance(bad, float) and bad.is_integer():
+                bad = f"{bad!r} (write integers without a fraction)"
+                raise ProtocolError(400, f"{what}: {datatype} data must be integers, got {bad}")
+            raise _reject(what, datatype, "integers", bad)
+        values = flat.tolist()
+        low, high = min(flat.reshape(-1)), max(flat.reshape(-1))
+    else:
+        values = arr
+        low, high = int(arr.min()), int(arr.max())
+    if low < lo or high > hi:
+        value = low if low < lo else high
+        raise ProtocolError(
+            400, f"{what}: value {value} is out of range for {datatype} [{lo}, {hi}]"
+        )
+    return np.asarray(values, dtype=V2_TO_NUMPY[datatype]).reshape(arr.shape)
+
+
+def bytes_array(data: Any, what: str, allow_b64: bool = False) -> np.ndarray:
+    """A BYTES tensor (object array of bytes) from (nested) JSON strings.
+
+    Strings are UTF-8 encoded; with `allow_b64` (TF Serving) `{"b64": "..."}` objects are
+    base64-decoded.
+    """
+    arr = _objects(data, what)
+    out = np.empty(arr.shape, dtype=object)
+    flat_out = out.reshape(-1)
+    for i, value in enumerate(arr.flat):
+        if isinstance(value, str):
+            try:
+                flat_out[i] = value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ProtocolError(
+                    400, f"{what}: element {i} is not valid Unicode (lone surrogate)"
+                ) from None
+        elif allow_b64 and isinstance(value, dict) and set(value) == {"b64"}:
+            flat_out[i] = b64decode(value["b64"], f"{what}: element {i}")
+        else:
+            expected = 'strings or {"b64": ...} objects' if allow_b64 else "strings"
+            raise _reject(what, "BYTES", expected, value)
+    return out
+
+
+def b64decode(text: Any, what: str) -> bytes:
+    """Strict base64 (standard alphabet, padding required) or a 400 naming the element."""
+    if not isinstance(text, str):
+        raise ProtocolError(400, f'{what}: "b64" must be a string, got {_describe(text)}')
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(400, f'{what}: "b64" value is not valid base64') from None
+
+
+def output_data(arr: np.ndarray) -> list:
+    """A tensor as a flat row-major JSON list; BYTES as UTF-8 strings, FP16 as floats."""
+    flat = arr.reshape(-1)
+    if arr.dtype.kind in "OSU":
+        return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in flat]
+    return flat.tolist()
