@@ -1,0 +1,171 @@
+"""Try a new model in a throw-away child process before any serving process loads it.
+
+A tiny ONNX file can demand many GiB at session creation (a ConstantOfShape of a giant shape), and
+fuzzed models have crashed onnxruntime outright. Loading such a model inside a serving worker would
+take the worker (and every request it holds) down. So each new model version is first loaded by
+`python -m serve.load_probe MODEL`, a fresh interpreter (no forked ORT thread pools) that caps its
+own address space with RLIMIT_AS, creates the InferenceSession with one thread, runs one warm-up
+inference on synthesized inputs and prints a JSON verdict. The parent enforces a time limit. A
+crash (signal), an allocation failure or a timeout becomes a `ProbeResult` with a reason; nothing
+of it is inherited by the caller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024**3
+DEFAULT_TIMEOUT_S = 60.0
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The verdict of one probe: `ok`, or a `reason` a user can read; wall time in `seconds`."""
+
+    ok: bool
+    reason: str | None
+    seconds: float
+    peak_rss_bytes: int | None = None
+
+
+def probe_model(
+    path: str | os.PathLike[str],
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    warmup: bool = True,
+) -> ProbeResult:
+    """Load `path` (and run a warm-up inference) in a child process; never raises for the model."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "serve.load_probe",
+        os.fspath(path),
+        "--memory-limit-bytes",
+        str(memory_limit_bytes),
+    ]
+    if not warmup:
+        cmd.append("--no-warmup")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")]))
+    env["OMP_NUM_THREADS"] = "1"
+    start = time.monotonic()
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=timeout_s, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return ProbeResult(
+            False,
+            f"loading the model did not finish within {timeout_s:g} s (load probe killed)",
+            time.monotonic() - start,
+        )
+    seconds = time.monotonic() - start
+    verdict = _last_json_line(done.stdout)
+    if done.returncode < 0:
+        sig = signal.Signals(-done.returncode).name
+        hint = " (likely killed for memory)" if sig == "SIGKILL" else ""
+        return ProbeResult(
+            False,
+            f"loading the model crashed the load probe with {sig}{hint}{_tail(done.stderr)}",
+            seconds,
+        )
+    if verdict is None:
+        return ProbeResult(
+            False,
+            f"load probe exited with status {done.returncode} without a verdict"
+            f"{_tail(done.stderr)}",
+            seconds,
+        )
+    return ProbeResult(
+        bool(verdict.get("ok")), verdict.get("reason"), seconds, verdict.get("peak_rss_bytes")
+    )
+
+
+def _last_json_line(stdout: bytes) -> dict | None:
+    for line in reversed(stdout.decode("utf-8", "replace").splitlines()):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def _tail(stderr: bytes, chars: int = 300) -> str:
+    text = stderr.decode("utf-8", "replace").strip()
+    return f": {text[-chars:]}" if text else ""
+
+
+def synthesize_inputs(session) -> dict:
+    """Zero-filled inputs for every model input, variable dimensions set to 1."""
+    import numpy as np
+
+    from serve.protocol.datatypes import ONNX_TYPE_TO_V2, V2_TO_NUMPY
+
+    feeds = {}
+    for arg in session.get_inputs():
+        shape = [d if isinstance(d, int) and d >= 0 else 1 for d in arg.shape]
+        datatype = ONNX_TYPE_TO_V2.get(arg.type)
+        if datatype is None or datatype not in V2_TO_NUMPY:
+            raise ValueError(f"input {arg.name!r} has type {arg.type}, which cannot be warmed up")
+        dtype = V2_TO_NUMPY[datatype]
+        feeds[arg.name] = (
+            np.full(shape, "", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype=dtype)
+        )
+    return feeds
+
+
+def _describe_failure(stage: str, exc: BaseException, limit: int) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lowered = text.lower()
+    if isinstance(exc, MemoryError) or "alloc" in lowered or "out of memory" in lowered:
+        return (
+            f"ran out of memory while {stage} (load probe limit {limit // 1024**2} MiB): "
+            f"{text[:500]}"
+        )
+    return f"failed while {stage}: {text[:500]}"
+
+
+def _child(path: str, limit: int, warmup: bool) -> dict:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    stage = "importing onnxruntime"
+    try:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        stage = "creating the inference session"
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        if warmup:
+            stage = "running the warm-up inference"
+            session.run(None, synthesize_inputs(session))
+    except BaseException as exc:  # report everything: the verdict is the product
+        return {"ok": False, "reason": _describe_failure(stage, exc, limit)}
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"ok": True, "reason": None, "peak_rss_bytes": peak_kib * 1024}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="path of the .onnx file to load")
+    parser.add_argument("--memory-limit-bytes", type=int, default=DEFAULT_MEMORY_LIMIT_BYTES)
+    parser.add_argument("--no-warmup", action="store_true", help="only create the session")
+    args = parser.parse_args(argv)
+    verdict = _child(args.model, args.memory_limit_bytes, not args.no_warmup)
+    sys.stdout.write(json.dumps(verdict) + "\n")
+    sys.stdout.flush()
+    return 0 if verdict["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
