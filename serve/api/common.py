@@ -1,0 +1,185 @@
+"""What every view shares: the server state, JSON answers, body reading, error mapping, metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flask import Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from serve import metrics
+from serve.batcher import DeadlineExceeded, QueueFull
+from serve.models import ModelNotFound, ModelNotReady, ModelRegistry, ModelVersion
+from serve.protocol import jsondata
+from serve.protocol.encoding import decode_body, encode_body
+from serve.protocol.types import ProtocolError
+from serve.runtime import InferenceError
+from serve.settings import Settings
+
+log = logging.getLogger("tapeserve.api")
+
+RETRY_AFTER_SECONDS = "1"
+
+
+@dataclass
+class Server:
+    """Per-worker state the views reach through `server()`."""
+
+    settings: Settings
+    registry: ModelRegistry
+
+
+def server() -> Server:
+    return current_app.extensions["tapeserve"]
+
+
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(jsondata.dumps(doc), status, headers, mimetype="application/json")
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """`{"error": message}`, the one error shape of every endpoint."""
+    return json_response({"error": message}, status, headers)
+
+
+def read_body() -> bytes:
+    """The request body, undone of its Content-Encoding, refused (413) above --max-body-size.
+
+    Reads `wsgi.input` directly: Flask's `get_data()` costs about twice as much per request.
+    """
+    limit = server().settings.max_body_size
+    length = request.content_length
+    if length is not None and length > limit:
+        raise ProtocolError(413, f"request body of {length} bytes exceeds the {limit}-byte limit")
+    stream = request.environ["wsgi.input"]
+    body = stream.read(length) if length is not None else stream.read(limit + 1)
+    if len(body) > limit:
+        raise ProtocolError(413, f"request body exceeds the {limit}-byte limit")
+    return decode_body(body, request.headers.get("Content-Encoding"), limit)
+
+
+def encoded(body: bytes, headers: dict[str, str], status: int = 200) -> Response:
+    """A response body compressed as the client's Accept-Encoding allows."""
+    body, encoding = encode_body(body, request.headers.get("Accept-Encoding"))
+    response = Response(body, status, headers)
+    if encoding:
+        response.headers["Content-Encoding"] = encoding
+        response.headers["Vary"] = "Accept-Encoding"
+    return response
+
+
+def failure(exc: Exception) -> Response:
+    """Map what can go wrong while serving a request to its status (protocols.md section 3)."""
+    if isinstance(exc, ProtocolError):
+        return error_response(exc.status, exc.message)
+    if isinstance(exc, ModelNotFound):
+        return error_response(404, str(exc))
+    if isinstance(exc, ModelNotReady):
+        retry = {"Retry-After": RETRY_AFTER_SECONDS} if exc.loading else None
+        return error_response(503, str(exc), retry)
+    if isinstance(exc, QueueFull):
+        return error_response(503, str(exc), {"Retry-After": RETRY_AFTER_SECONDS})
+    if isinstance(exc, DeadlineExceeded):
+        return error_response(504, str(exc))
+    if isinstance(exc, InferenceError):
+        return error_response(exc.status, str(exc))
+    log.exception("unexpected error while serving %s %s", request.method, request.path)
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def deadline_for(mv: ModelVersion, timeout_us: Any) -> float | None:
+    """Monotonic deadline from `parameters.timeout` (microseconds) or default_timeout_ms."""
+    if timeout_us is not None:
+        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
+            raise ProtocolError(
+                400,
+                f"parameter 'timeout' must be a non-negative integer (microseconds), "
+                f"got {timeout_us!r}",
+            )
+        if timeout_us > 0:
+            return time.monotonic() + timeout_us / 1e6
+    if mv.config.default_timeout_ms > 0:
+        return time.monotonic() + mv.config.default_timeout_ms / 1000.0
+    return None
+
+
+def run_model(mv: ModelVersion, feeds: dict[str, np.ndarray], deadline: float | None) -> list:
+    """Queue the request on the model's batcher and wait for its outputs (signature order)."""
+    future = mv.batcher.submit(feeds, deadline)  # type: ignore[union-attr]
+    if deadline is None:
+        return future.result()
+    try:
+        return future.result(timeout=max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        if future.cancel():  # still queued: it will never run
+            metrics.REJECTED_REQUESTS.labels(mv.name, "deadline").inc()
+            raise DeadlineExceeded(
+                f"request deadline exceeded while queued for model {mv.name} version {mv.version}"
+            ) from None
+        return future.result()  # already running: its answer is moments away
+
+
+def observed(protocol: str, handler: Callable[..., Response]) -> Callable[..., Response]:
+    """Wrap an inference view: in-flight gauge, request counter and duration, error mapping.
+
+    The handler sets `ctx["mv"]` once it resolved the model version, so the labels name it;
+    requests for unknown models are counted with empty model/version labels (bounded series).
+    """
+
+    def view(**kwargs: Any) -> Response:
+        started = time.perf_counter()
+        ctx: dict[str, Any] = {}
+        metrics.INFLIGHT_REQUESTS.inc()
+        try:
+            response = handler(ctx, **kwargs)
+        except Exception as exc:
+            response = failure(exc)
+        finally:
+            metrics.INFLIGHT_REQUESTS.dec()
+        mv = ctx.get("mv")
+        model, version = (mv.name, str(mv.version)) if mv else ("", "")
+        metrics.REQUESTS.labels(model, version, protocol, str(response.status_code)).inc()
+        if mv:
+            metrics.REQUEST_DURATION.labels(model, version, protocol).observe(
+                time.perf_counter() - started
+            )
+        return response
+
+    view.__name__ = handler.__name__
+    view.__doc__ = handler.__doc__
+    return view
+
+
+def register_error_handlers(app: Flask) -> None:
+    """JSON for every error Flask raises itself (404 route, 405 method, 413 body, ...)."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        headers = {}
+        if exc.code == 404:
+            message = f"no such endpoint: {request.method} {request.path}"
+        elif exc.code == 405:
+            allowed = exc.get_response().headers.get("Allow", "")
+            methods = ", ".join(m for m in allowed.split(", ") if m not in ("HEAD", "OPTIONS"))
+            message = f"method {request.method} is not allowed on {request.path}; use {methods}"
+            headers["Allow"] = allowed
+        elif exc.code == 413:
+            limit = server().settings.max_body_size
+            message = f"request body exceeds the {limit}-byte limit"
+        else:
+            message = f"{exc.name}: {exc.description}"
+        return error_response(exc.code or 500, message, headers)
+
+    @app.errorhandler(ProtocolError)
+    def protocol_error(exc: ProtocolError) -> Response:
+        return error_response(exc.status, exc.message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        return failure(exc)

@@ -1,0 +1,52 @@
+"""Operator endpoints: the HTML status page, Prometheus /metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, render_template
+
+from serve import metrics
+from serve.api.common import json_response, server
+from serve.models import State
+
+bp = Blueprint("status", __name__)
+
+
+@bp.get("/")
+def status_page() -> str:
+    """Models, versions, state (with the reason when unavailable), device, and useful links."""
+    state = server()
+    registry = state.registry
+    rows = []
+    for model in registry.models.values():
+        if model.error or not model.versions:
+            rows.append((model.name, "-", State.UNAVAILABLE.value, model.reason, "-", "-"))
+        for mv in model.versions.values():
+            batching = f"up to {mv.config.max_batch_size}" if mv.batching else "off"
+            if mv.state is State.LOADING:
+                batching = "-"
+            rows.append(
+                (model.name, mv.version, mv.state.value, mv.reason, mv.device or "-",
+                 f"{mv.provider or '-'}; batching {batching}")
+            )  # fmt: skip
+    return render_template(
+        "status.html",
+        rows=rows,
+        ready=registry.ready(strict=state.settings.strict_readiness),
+        repository=state.settings.model_repository,
+        error=registry.error,
+        device=state.settings.device,
+    )
+
+
+@bp.get("/metrics")
+def prometheus_metrics() -> Response:
+    body, content_type = metrics.render()
+    return Response(body, 200, {"Content-Type": content_type})
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    from serve.api.v2 import _version
+    from serve.openapi import openapi_document
+
+    return json_response(openapi_document(_version()))

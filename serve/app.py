@@ -1,0 +1,48 @@
+"""The Flask application factory Gunicorn runs in each worker: `serve.app:create_app()`.
+
+Everything happens in the worker, after the fork: the model registry starts loading in a
+background thread, so liveness answers while models load.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+
+from serve.api import status, tfserving, v2
+from serve.api.common import Server, register_error_handlers
+from serve.models import ModelRegistry
+from serve.settings import Settings
+
+
+def _configure_logging(level: str) -> None:
+    logger = logging.getLogger("tapeserve")
+    logger.setLevel(level.upper())
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
+        )
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app for `settings` (default: TAPESERVE_* env vars) and start loading models."""
+    settings = settings or Settings.from_env()
+    _configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    registry = ModelRegistry(settings.model_repository, settings.device, settings.workers)
+    app.extensions["tapeserve"] = Server(settings, registry)
+    for blueprint in (v2.bp, tfserving.bp, status.bp):
+        app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    logging.getLogger("tapeserve").info(
+        "loading models from %s (device %s)", settings.model_repository, settings.device
+    )
+    registry.start()
+    return app

@@ -1,0 +1,227 @@
+"""Dynamic batching per model version inside one worker. Knows nothing of HTTP.
+
+Requests queue; a runner thread takes everything queued that shares the head request's
+non-batch shapes and dtypes (up to `max_batch_size` rows) the moment it is free, so an idle
+server adds no waiting while a busy one forms large batches. With `max_queue_delay_ms` the
+runner waits at most that long for a batch to fill. Outputs are split back as views.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve import metrics
+
+Runner = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
+
+
+class QueueFull(Exception):
+    """The bounded queue has no room; the client should retry later (503 + Retry-After)."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before it could run (504)."""
+
+
+@dataclass
+class _Pending:
+    feeds: dict[str, np.ndarray]
+    rows: int
+    key: tuple
+    deadline: float | None
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future = field(default_factory=Future)
+
+
+def _batch_key(feeds: dict[str, np.ndarray]) -> tuple:
+    """Requests batch together only when every input agrees beyond the first dimension."""
+    return tuple((name, a.shape[1:], a.dtype.str) for name, a in feeds.items())
+
+
+class Batcher:
+    """A bounded queue and `len(runners)` runner threads (one per model instance).
+
+    `batching=False` (max_batch_size 0, or a fixed first dimension) still goes through the
+    queue, metrics and deadlines, one request per run with its inputs as given.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        runners: Sequence[Runner],
+        *,
+        max_batch_size: int,
+        max_queue_delay_ms: float = 0.0,
+        max_queue_size: int = 1024,
+        batching: bool = True,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_queue_delay = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.batching = batching and max_batch_size > 0
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        labels = (model, version)
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(*labels)
+        self._queue_duration = metrics.QUEUE_DURATION.labels(*labels)
+        self._compute_duration = metrics.COMPUTE_DURATION.labels(*labels)
+        self._batch_size = metrics.BATCH_SIZE.labels(*labels)
+        self._samples = metrics.INFERENCE_SAMPLES.labels(*labels)
+        self._batches = metrics.INFERENCE_BATCHES.labels(*labels)
+        self._queue_depth.set(0)
+        self._threads = [
+            threading.Thread(
+                target=self._run_forever,
+                args=(runner,),
+                name=f"batcher-{model}-{version}-{i}",
+                daemon=True,
+            )
+            for i, runner in enumerate(runners)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> Future:
+        """Queue one request; the future holds its outputs (every model output, in order).
+
+        `deadline` is a time.monotonic() value. Raises QueueFull when the queue is at its bound.
+        """
+        rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
+        pending = _Pending(feeds, rows, _batch_key(feeds), deadline)
+        with self._cond:
+            if self._closed:
+                raise QueueFull(f"model {self.model} version {self.version} is shutting down")
+            if len(self._queue) >= self.max_queue_size:
+                metrics.REJECTED_REQUESTS.labels(self.model, "queue_full").inc()
+                raise QueueFull(
+                    f"queue of model {self.model} version {self.version} is full "
+                    f"({self.max_queue_size} requests waiting); retry later"
+                )
+            self._queue.append(pending)
+            self._queue_depth.set(len(self._queue))
+            self._cond.notify()
+        return pending.future
+
+    def close(self) -> None:
+        """Stop the runners after the queue drains."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- runner side ---------------------------------------------------------------------------
+
+    def _compatible_rows(self, key: tuple) -> int:
+        return sum(p.rows for p in self._queue if p.key == key)
+
+    def _take(self) -> list[_Pending]:
+        """Remove and return the next batch: the head plus every compatible request that fits."""
+        head = self._queue.popleft()
+        batch = [head]
+        if self.batching and self._queue:
+            rows, keep = head.rows, collections.deque()
+            for p in self._queue:
+                if p.key == head.key and rows + p.rows <= self.max_batch_size:
+                    batch.append(p)
+                    rows += p.rows
+                else:
+                    keep.append(p)
+            self._queue = keep
+        self._queue_depth.set(len(self._queue))
+        return batch
+
+    def _next_batch(self) -> list[_Pending] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            if self.batching and self.max_queue_delay > 0:
+                head = self._queue[0]
+                until = head.enqueued + self.max_queue_delay
+                while not self._closed and self._queue and self._queue[0] is head:
+                    remaining = until - time.monotonic()
+                    if remaining <= 0 or self._compatible_rows(head.key) >= self.max_batch_size:
+                        break
+                    self._cond.wait(remaining)
+                if not self._queue:
+                    return []
+            return self._take()
+
+    def _start(self, batch: list[_Pending]) -> list[_Pending]:
+        """Drop requests whose client gave up or whose deadline passed; mark the rest running."""
+        now = time.monotonic()
+        live = []
+        for p in batch:
+            if not p.future.set_running_or_notify_cancel():
+                continue  # the waiting thread cancelled it after its deadline
+            if p.deadline is not None and now > p.deadline:
+                metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
+                p.future.set_exception(
+                    DeadlineExceeded(
+                        f"request deadline exceeded after {1000 * (now - p.enqueued):.1f} ms "
+                        f"in the queue of model {self.model} version {self.version}"
+                    )
+                )
+                continue
+            self._queue_duration.observe(now - p.enqueued)
+            live.append(p)
+        return live
+
+    def _run_forever(self, runner: Runner) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            batch = self._start(batch)
+            if batch:
+                self._execute(runner, batch)
+
+    def _execute(self, runner: Runner, batch: list[_Pending]) -> None:
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {
+                name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds
+            }
+        rows = sum(p.rows for p in batch)
+        started = time.perf_counter()
+        try:
+            outputs = runner(feeds)
+        except Exception as exc:
+            self._record(rows, time.perf_counter() - started)
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:  # isolate the faulty request: the others must still get their answers
+                for p in batch:
+                    self._execute(runner, [p])
+            return
+        self._record(rows, time.perf_counter() - started)
+        if len(batch) == 1:
+            batch[0].future.set_result(outputs)
+            return
+        if any(out.ndim == 0 or out.shape[0] != rows for out in outputs):
+            for p in batch:  # outputs not aligned with the batch rows: run each on its own
+                self._execute(runner, [p])
+            return
+        offset = 0
+        for p in batch:
+            end = offset + p.rows
+            p.future.set_result([out[offset:end] for out in outputs])
+            offset = end
+
+    def _record(self, rows: int, seconds: float) -> None:
+        self._compute_duration.observe(seconds)
+        self._batch_size.observe(rows)
+        self._samples.inc(rows)
+        self._batches.inc()

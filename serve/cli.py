@@ -1,0 +1,115 @@
+"""The `tapeserve` command. `tapeserve serve` execs a real Gunicorn on serve.app:create_app()."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from serve.settings import DEVICES_HELP, Settings, default_model_repository
+
+GUNICORN_APP = "serve.app:create_app()"
+GUNICORN_CONFIG = "python:serve.gunicorn_conf"
+
+
+def gunicorn_argv() -> list[str]:
+    """The Gunicorn command line that `serve` runs (settings travel in TAPESERVE_* variables)."""
+    return [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, GUNICORN_APP]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """tapeserve: train, export and serve ONNX models."""
+
+
+@main.command()
+@click.option(
+    "--model-repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="TAPESERVE_MODEL_REPOSITORY",
+    help="Model repository folder [default: ./models if present, else the bundled examples].",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="TAPESERVE_HOST")
+@click.option("--port", default=8000, show_default=True, type=int, envvar="TAPESERVE_PORT")
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="TAPESERVE_WORKERS",
+    help="Gunicorn worker processes (each loads every model).",
+)
+@click.option(
+    "--threads",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="TAPESERVE_THREADS",
+    help="Request threads per worker (gthread); concurrent requests are what batches form from.",
+)
+@click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    envvar="TAPESERVE_DEVICE",
+    help=f"{DEVICES_HELP}: auto uses CUDA only when its provider is really active.",
+)
+@click.option(
+    "--strict-readiness/--no-strict-readiness",
+    default=False,
+    show_default=True,
+    envvar="TAPESERVE_STRICT_READINESS",
+    help="Keep /v2/health/ready at 503 while any model failed to load.",
+)
+@click.option(
+    "--max-body-size",
+    default=64 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="TAPESERVE_MAX_BODY_SIZE",
+    help="Largest request body in bytes, after decompression (413 beyond).",
+)
+@click.option(
+    "--timeout",
+    default=120,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="TAPESERVE_TIMEOUT",
+    help="Gunicorn worker timeout in seconds.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    envvar="TAPESERVE_LOG_LEVEL",
+)
+@click.option(
+    "--control-socket",
+    default="",
+    envvar="TAPESERVE_CONTROL_SOCKET",
+    help="Gunicorn control socket path [default: disabled, so servers run side by side].",
+)
+def serve(model_repository: Path | None, **options: object) -> None:
+    """Serve a model repository over HTTP (KServe V2 and TF Serving REST) with Gunicorn."""
+    repository = model_repository or default_model_repository()
+    if not repository.is_dir():
+        raise click.BadParameter(
+            f"{str(repository)!r} is not a directory", param_hint="--model-repository"
+        )
+    try:
+        settings = Settings(model_repository=str(repository.resolve()), **options)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    os.environ.update(settings.to_env())
+    argv = gunicorn_argv()
+    click.echo(
+        f"tapeserve: serving {settings.model_repository} with {' '.join(argv[2:])}", err=True
+    )
+    os.execv(argv[0], argv)
+
+
+if __name__ == "__main__":
+    main()

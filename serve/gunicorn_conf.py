@@ -1,0 +1,77 @@
+"""Gunicorn configuration for tapeserve, driven by TAPESERVE_* environment variables.
+
+Start by hand exactly as `tapeserve serve` does:
+
+    gunicorn -c python:serve.gunicorn_conf 'serve.app:create_app()'
+
+No `preload_app`: ONNX Runtime sessions are created in each worker after the fork. The master
+prepares a fresh PROMETHEUS_MULTIPROC_DIR before any worker starts and drops the live gauges of
+workers that exit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+from serve.settings import Settings
+
+_settings = Settings.from_env()
+os.environ.update(_settings.to_env())  # workers read the same settings, defaults resolved
+
+# Multiprocess metrics: set before prometheus_client is imported anywhere (it reads it once).
+_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tapeserve-metrics-")
+
+bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else
+        f"{_settings.host}:{_settings.port}"]  # fmt: skip
+workers = _settings.workers
+threads = _settings.threads
+worker_class = "gthread"
+preload_app = False
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
+keepalive = 5
+loglevel = _settings.log_level
+accesslog = None
+errorlog = "-"
+proc_name = "tapeserve"
+
+# Gunicorn 27 opens a control socket at one fixed path per user: a second server would clash.
+if _settings.control_socket:
+    control_socket = _settings.control_socket
+else:
+    control_socket_disable = True
+
+
+def on_starting(server) -> None:
+    """Start from an empty metrics directory: stale files from an old run would be summed in."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.path.isdir(path):
+        for name in os.listdir(path):
+            full = os.path.join(path, name)
+            if os.path.isdir(full):
+                shutil.rmtree(full, ignore_errors=True)
+            else:
+                os.unlink(full)
+    os.makedirs(path, exist_ok=True)
+    server.log.info(
+        "tapeserve: model repository %s, device %s, %d worker(s) x %d thread(s)",
+        _settings.model_repository,
+        _settings.device,
+        _settings.workers,
+        _settings.threads,
+    )
+
+
+def child_exit(server, worker) -> None:
+    from serve.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Prometheus metrics of tapeserve. The names and labels are a contract: dashboards depend on them.
+
+Gunicorn runs several workers, so every metric lives in prometheus_client's multiprocess mode:
+PROMETHEUS_MULTIPROC_DIR is set (fresh) by serve.gunicorn_conf before any worker starts, and
+/metrics merges all workers' files with MultiProcessCollector. Gauges say how workers combine.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as _multiprocess
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+REQUESTS = Counter(
+    "tapeserve_requests_total",
+    "Inference requests answered, by HTTP status code.",
+    ["model", "version", "protocol", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "tapeserve_request_duration_seconds",
+    "Time from request received to response ready (decode, queue, compute, encode).",
+    ["model", "version", "protocol"],
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "tapeserve_queue_duration_seconds",
+    "Time a request waited in the batch queue before its batch started.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+COMPUTE_DURATION = Histogram(
+    "tapeserve_compute_duration_seconds",
+    "onnxruntime time per executed batch.",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "tapeserve_batch_size",
+    "Samples (first-dimension rows) per executed batch.",
+    ["model", "version"],
+    buckets=BATCH_BUCKETS,
+)
+INFERENCE_SAMPLES = Counter(
+    "tapeserve_inference_samples_total",
+    "Samples executed (sum of batch sizes).",
+    ["model", "version"],
+)
+INFERENCE_BATCHES = Counter(
+    "tapeserve_inference_batches_total",
+    "Batches executed (onnxruntime runs).",
+    ["model", "version"],
+)
+QUEUE_DEPTH = Gauge(
+    "tapeserve_queue_depth",
+    "Requests waiting in the batch queue, summed over live workers.",
+    ["model", "version"],
+    multiprocess_mode="livesum",
+)
+INFLIGHT_REQUESTS = Gauge(
+    "tapeserve_inflight_requests",
+    "Inference requests being handled now, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+REJECTED_REQUESTS = Counter(
+    "tapeserve_rejected_requests_total",
+    "Requests refused before running: queue_full, deadline, unavailable.",
+    ["model", "reason"],
+)
+MODEL_READY = Gauge(
+    "tapeserve_model_ready",
+    "1 when the model version is ready in every live worker, else 0.",
+    ["model", "version", "device"],
+    multiprocess_mode="livemin",
+)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory in use, or None when running as a single plain process."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every worker (or this process alone) and its content type."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (called from Gunicorn's child_exit hook)."""
+    if multiprocess_dir():
+        _multiprocess.mark_process_dead(pid)

@@ -1,0 +1,291 @@
+"""Model lifecycle inside one worker: scan the repository, load, warm up, track state, look up.
+
+Loading runs in a background thread so that liveness answers at once; readiness turns true
+when every model version reached a final state (READY or UNAVAILABLE).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve import metrics, runtime
+from serve.batcher import Batcher
+from serve.config import ModelConfig
+from serve.protocol.datatypes import numpy_dtype
+from serve.protocol.types import TensorSpec
+from serve.repository import scan_repository
+
+log = logging.getLogger("tapeserve.models")
+
+
+class State(str, enum.Enum):
+    LOADING = "LOADING"
+    READY = "READY"
+    UNAVAILABLE = "UNAVAILABLE"
+
+
+class ModelNotFound(LookupError):
+    """No such model or version in the repository (404)."""
+
+
+class ModelNotReady(RuntimeError):
+    """The model exists but cannot serve now (503); `loading` says whether retrying helps."""
+
+    def __init__(self, message: str, loading: bool) -> None:
+        super().__init__(message)
+        self.loading = loading
+
+
+@dataclass
+class ModelVersion:
+    """One loaded (or loading, or failed) version of a model."""
+
+    name: str
+    version: int
+    path: Path
+    config: ModelConfig
+    state: State = State.LOADING
+    reason: str = ""
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    provider: str = ""
+    device: str = ""
+    batching: bool = False
+    batcher: Batcher | None = None
+
+    @property
+    def max_batch_size(self) -> int:
+        """The batch limit clients see: 0 when the model does not batch."""
+        return self.config.max_batch_size if self.batching else 0
+
+
+@dataclass
+class Model:
+    """A model folder: its config, or the error that made the whole model unavailable."""
+
+    name: str
+    config: ModelConfig
+    error: str | None
+    versions: dict[int, ModelVersion]
+
+    @property
+    def state(self) -> State:
+        if self.error:
+            return State.UNAVAILABLE
+        states = {v.state for v in self.versions.values()}
+        if State.READY in states:
+            return State.READY
+        return State.LOADING if State.LOADING in states else State.UNAVAILABLE
+
+    @property
+    def reason(self) -> str:
+        if self.error:
+            return self.error
+        return "; ".join(f"version {v.version}: {v.reason}" for v in self.failed_versions())
+
+    def failed_versions(self) -> list[ModelVersion]:
+        return [v for v in self.versions.values() if v.state is State.UNAVAILABLE]
+
+
+def _warmup_inputs(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Zeros (empty strings for BYTES) of the declared shapes, variable dimensions set to 1."""
+    feeds = {}
+    for spec in specs:
+        shape = tuple(1 if d < 0 else d for d in spec.shape)
+        dtype = numpy_dtype(spec.datatype)
+        feeds[spec.name] = (
+            np.full(shape, b"", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)
+        )
+    return feeds
+
+
+def _sample_inputs(sample: dict[str, Any], specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """A warm-up sample of config.json as session feeds, typed by the model's declared inputs."""
+    by_name = {s.name: s for s in specs}
+    unknown = sorted(set(sample) - set(by_name))
+    if unknown:
+        raise ValueError(
+            f"unknown input(s) {', '.join(unknown)}; model inputs: {', '.join(by_name)}"
+        )
+    feeds = {}
+    for name, tensor in sample.items():
+        dtype = numpy_dtype(by_name[name].datatype)
+        data = tensor["data"]
+        if dtype.kind == "O":
+            data = np.array(
+                [d.encode() if isinstance(d, str) else d for d in np.ravel(data)], object
+            )
+        feeds[name] = np.asarray(data, dtype=dtype).reshape(tensor["shape"])
+    return feeds
+
+
+class ModelRegistry:
+    """Every model of the repository in this worker, loaded in the background by `start()`."""
+
+    def __init__(self, repository: str | Path, device: str = "auto", workers: int = 1) -> None:
+        self.repository = Path(repository)
+        self.device = device
+        self.workers = workers
+        self.models: dict[str, Model] = {}
+        self.error: str | None = None
+        self._loaded = threading.Event()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def start(self) -> threading.Thread:
+        """Scan now (cheap) and load every version in a daemon thread."""
+        try:
+            entries = scan_repository(self.repository)
+        except OSError as exc:
+            self.error = str(exc)
+            log.error("%s", exc)
+            entries = []
+        for entry in entries:
+            versions = {
+                v: ModelVersion(entry.name, v, path, entry.config)
+                for v, path in entry.versions.items()
+            }
+            self.models[entry.name] = Model(entry.name, entry.config, entry.error, versions)
+            if entry.error:
+                log.error("model %s is unavailable: %s", entry.name, entry.error)
+        thread = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
+        thread.start()
+        return thread
+
+    def _load_all(self) -> None:
+        try:
+            for model in self.models.values():
+                for mv in model.versions.values():
+                    self._load(mv)
+        finally:
+            self._loaded.set()
+
+    def _load(self, mv: ModelVersion) -> None:
+        config = mv.config
+        device = config.device or self.device
+        started = time.monotonic()
+        try:
+            threads = config.intra_op_threads or runtime.intra_op_threads(
+                self.workers, config.instance_count
+            )
+            sessions = [
+                runtime.create_session(mv.path, device, threads)
+                for _ in range(config.instance_count)
+            ]
+            first = sessions[0]
+            mv.inputs, mv.outputs = first.inputs, first.outputs
+            mv.provider, mv.device = first.provider, first.device
+            mv.batching = config.max_batch_size > 0 and all(
+                len(s.shape) > 0 and s.shape[0] == -1 for s in first.inputs
+            )
+            self._warm_up(mv, sessions)
+            mv.batcher = Batcher(
+                mv.name,
+                str(mv.version),
+                [s.run for s in sessions],
+                max_batch_size=config.max_batch_size,
+                max_queue_delay_ms=config.max_queue_delay_ms,
+                max_queue_size=config.max_queue_size,
+                batching=mv.batching,
+            )
+        except Exception as exc:
+            mv.state, mv.reason = State.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+            metrics.MODEL_READY.labels(mv.name, str(mv.version), device).set(0)
+            log.error("model %s version %s failed to load: %s", mv.name, mv.version, mv.reason)
+            return
+        mv.state = State.READY
+        metrics.MODEL_READY.labels(mv.name, str(mv.version), mv.device).set(1)
+        log.info(
+            "model %s version %s ready on %s (%s, batching %s) in %.2f s",
+            mv.name,
+            mv.version,
+            mv.device,
+            mv.provider,
+            f"up to {config.max_batch_size}" if mv.batching else "off",
+            time.monotonic() - started,
+        )
+
+    def _warm_up(self, mv: ModelVersion, sessions: list[runtime.Session]) -> None:
+        """Config samples must run (else the model fails); synthesized zeros may fail (logged)."""
+        warmup = mv.config.warmup
+        if warmup is False:
+            return
+        if isinstance(warmup, list):
+            for i, sample in enumerate(warmup):
+                try:
+                    feeds = _sample_inputs(sample, mv.inputs)
+                    for session in sessions:
+                        session.run(feeds)
+                except Exception as exc:
+                    raise RuntimeError(f"warm-up sample {i} failed: {exc}") from exc
+            return
+        try:
+            feeds = _warmup_inputs(mv.inputs)
+            for session in sessions:
+                session.run(feeds)
+        except Exception as exc:
+            log.warning(
+                "model %s version %s: warm-up with synthesized zeros failed (%s); "
+                "serving anyway, such inputs can be invalid for the model",
+                mv.name,
+                mv.version,
+                exc,
+            )
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Block until every version reached a final state (used by tests and tools)."""
+        return self._loaded.wait(timeout)
+
+    def all_final(self) -> bool:
+        return self._loaded.is_set()
+
+    def any_failed(self) -> bool:
+        return self.error is not None or any(
+            m.state is not State.READY or m.failed_versions() for m in self.models.values()
+        )
+
+    def ready(self, strict: bool = False) -> bool:
+        """Readiness: all loads finished (and, when strict, none failed)."""
+        if self.error is not None or not self.all_final():
+            return False
+        return not (strict and self.any_failed())
+
+    def model(self, name: str) -> Model:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(f"unknown model {name!r}") from None
+
+    def version(self, name: str, version: str | None = None) -> ModelVersion:
+        """The version asked for, or the highest READY one; raises ModelNotFound/ModelNotReady."""
+        model = self.model(name)
+        if version is not None and version != "":
+            try:
+                mv = model.versions[int(version)]
+            except (ValueError, KeyError):
+                have = ", ".join(map(str, model.versions)) or "none"
+                raise ModelNotFound(
+                    f"unknown version {version!r} of model {name!r} (available: {have})"
+                ) from None
+        else:
+            if model.error:
+                raise ModelNotReady(f"model {name!r} is unavailable: {model.error}", False)
+            ready = [v for v in model.versions.values() if v.state is State.READY]
+            mv = ready[-1] if ready else list(model.versions.values())[-1]
+        if mv.state is State.LOADING:
+            raise ModelNotReady(f"model {name!r} version {mv.version} is still loading", True)
+        if mv.state is State.UNAVAILABLE:
+            raise ModelNotReady(
+                f"model {name!r} version {mv.version} is unavailable: {mv.reason}", False
+            )
+        return mv

@@ -1,0 +1,100 @@
+"""Server settings, shared by the CLI, the Gunicorn config and the app through TAPESERVE_* env vars.
+
+The CLI exports every setting as an environment variable before it execs Gunicorn, so a
+hand-started `gunicorn -c python:serve.gunicorn_conf 'serve.app:create_app()'` reads exactly the
+same values in the master (bind, workers) and in each worker (repository, device).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+ENV_PREFIX = "TAPESERVE_"
+DEVICES_HELP = "auto|cpu|cuda|cuda:N"
+
+#: Project root of a checkout or editable install: the bundled example repository lives there.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_REPOSITORY = PROJECT_ROOT / "examples" / "models"
+
+
+def default_model_repository() -> Path:
+    """`./models` when it exists (a user's own repository), else the bundled example repository."""
+    local = Path.cwd() / "models"
+    return local if local.is_dir() else BUNDLED_REPOSITORY
+
+
+def parse_device(value: str) -> str:
+    """Normalise a device name; raises ValueError naming the accepted forms."""
+    device = value.strip().lower()
+    if device in ("auto", "cpu", "cuda"):
+        return device
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return device
+    raise ValueError(f"device must be one of {DEVICES_HELP}, got {value!r}")
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (1/0, true/false), got {value!r}")
+
+
+@dataclass
+class Settings:
+    """Every knob of `tapeserve serve`; each field `x` is also read from env var TAPESERVE_X."""
+
+    model_repository: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    threads: int = 8
+    device: str = "auto"
+    strict_readiness: bool = False
+    max_body_size: int = 64 * 1024 * 1024
+    timeout: int = 120
+    graceful_timeout: int = 30
+    log_level: str = "info"
+    control_socket: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model_repository:
+            self.model_repository = str(default_model_repository())
+        self.device = parse_device(self.device)
+        for name in ("port", "workers", "threads", "max_body_size"):
+            if int(getattr(self, name)) < (0 if name == "port" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Settings from TAPESERVE_* variables; unset ones keep their defaults."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            try:
+                if f.type == "int":
+                    values[f.name] = int(raw)
+                elif f.type == "bool":
+                    values[f.name] = _parse_bool(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError as exc:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}: {exc}") from None
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The TAPESERVE_* variables that reproduce these settings in another process."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                value = "1" if value else "0"
+            env[ENV_PREFIX + f.name.upper()] = str(value)
+        return env

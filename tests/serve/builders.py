@@ -1,0 +1,111 @@
+"""Small ONNX models built in the tests (onnx.helper, IR 10, opset 17) and repositories of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 10
+
+#: V2 datatype -> ONNX element type, for Identity models per datatype.
+V2_TO_ONNX = {
+    "BOOL": TensorProto.BOOL,
+    "UINT8": TensorProto.UINT8,
+    "UINT16": TensorProto.UINT16,
+    "UINT32": TensorProto.UINT32,
+    "UINT64": TensorProto.UINT64,
+    "INT8": TensorProto.INT8,
+    "INT16": TensorProto.INT16,
+    "INT32": TensorProto.INT32,
+    "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "FP32": TensorProto.FLOAT,
+    "FP64": TensorProto.DOUBLE,
+    "BYTES": TensorProto.STRING,
+}
+
+
+def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def identity(datatype: str = "FP32", shape: tuple = ("N", 3)) -> onnx.ModelProto:
+    """x -> Identity -> y, of one V2 datatype."""
+    elem = V2_TO_ONNX[datatype]
+    return _model(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        [helper.make_tensor_value_info("x", elem, list(shape))],
+        [helper.make_tensor_value_info("y", elem, list(shape))],
+    )
+
+
+def add_mul(batch_dim: str | int = "N", width: int = 4) -> onnx.ModelProto:
+    """Two inputs a, b [N, width] -> sum = a + b, product = a * b (output selection tests)."""
+    shape = [batch_dim, width]
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("Mul", ["a", "b"], ["product"]),
+    ]
+    return _model(
+        nodes,
+        [_fp32(name, shape) for name in ("a", "b")],
+        [_fp32(name, shape) for name in ("sum", "product")],
+    )
+
+
+def _fp32(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def mlp(sizes: tuple[int, ...] = (784, 512, 512, 10), seed: int = 0) -> onnx.ModelProto:
+    """Gemm/Relu MLP with seeded weights and a symbolic batch dimension."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    layers = len(sizes) - 1
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        w = rng.normal(0, 1 / np.sqrt(n_in), (n_in, n_out)).astype(np.float32)
+        b = rng.normal(0, 0.1, n_out).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == layers - 1
+        gemm_out = "y" if last else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [gemm_out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [gemm_out], [f"h{i}"]))
+            prev = f"h{i}"
+    return _model(nodes, [_fp32("x", ["N", sizes[0]])], [_fp32("y", ["N", sizes[-1]])], inits)
+
+
+def slow_identity(loops: int = 3000) -> onnx.ModelProto:
+    """x [N, 64] -> y: a chain of MatMuls (identity weights) slow enough to keep the runner busy."""
+    eye = numpy_helper.from_array(np.eye(64, dtype=np.float32), "eye")
+    nodes, prev = [], "x"
+    for i in range(loops):
+        out = "y" if i == loops - 1 else f"t{i}"
+        nodes.append(helper.make_node("MatMul", [prev, "eye"], [out]))
+        prev = out
+    return _model(
+        nodes,
+        [_fp32("x", ["N", 64])],
+        [_fp32("y", ["N", 64])],
+        [eye],
+    )
+
+
+def write_model(root: Path, name: str, model: onnx.ModelProto | bytes, version: int = 1,
+                config: dict | None = None) -> Path:  # fmt: skip
+    """Write `root/name/version/model.onnx` (and config.json when given); returns the model path."""
+    path = root / name / str(version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model if isinstance(model, bytes) else model.SerializeToString())
+    if config is not None:
+        (root / name / "config.json").write_text(json.dumps(config))
+    return path
