@@ -112,6 +112,7 @@ class Checkpoint:
 
     model: Any
     input_shape: tuple[int, ...] | None = None
+    input_dtype: str = "float32"
     labels: list[str] | None = None
     input_description: str | None = None
     weights_hash: str | None = None
@@ -120,23 +121,22 @@ class Checkpoint:
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Rebuild the model from an engine checkpoint and read its description."""
+    """Rebuild the model from an engine checkpoint folder and read its description."""
     from engine import checkpoint as engine_checkpoint
 
     loaded = engine_checkpoint.load(path)
-    model = getattr(loaded, "model", loaded)
-    meta = dict(getattr(loaded, "meta", None) or {})
-    info = dict(getattr(loaded, "info", None) or {})
-    info.update(meta)
-    shape = info.get("input_shape")
+    description = loaded.description
+    spec = description.get("input") or {}
+    meta = dict(loaded.meta or {})
     return Checkpoint(
-        model=model,
-        input_shape=tuple(int(d) for d in shape) if shape is not None else None,
-        labels=[str(x) for x in info["labels"]] if info.get("labels") else None,
-        input_description=info.get("input_scaling") or info.get("input_description"),
-        weights_hash=getattr(loaded, "weights_hash", None) or info.get("weights_hash"),
-        dataset=info.get("dataset"),
-        extra=info,
+        model=loaded.model,
+        input_shape=loaded.input_shape,
+        input_dtype=spec.get("dtype") or "float32",
+        labels=loaded.labels,
+        input_description=spec.get("description") or None,
+        weights_hash=description.get("weights_sha256"),
+        dataset=meta.get("dataset"),
+        extra=meta,
     )
 
 
@@ -211,9 +211,9 @@ def export_to_repository(
     samples = labels = calibration = None
     if dataset:
         samples, labels, calibration = dataset_samples(dataset, shape)
-        example = samples[:example_batch].astype(np.float32)
+        example = samples[:example_batch].astype(checkpoint.input_dtype)
     else:
-        example = rng.standard_normal((example_batch, *shape)).astype(np.float32)
+        example = rng.standard_normal((example_batch, *shape)).astype(checkpoint.input_dtype)
     metadata = {"input_shape": json.dumps([BATCH, *shape])}
     if checkpoint.weights_hash:
         metadata["checkpoint_hash"] = checkpoint.weights_hash

@@ -91,6 +91,8 @@ def publish_version(
         v = next_version(model_dir) if version is None else version
         target = model_dir / str(v)
         if target.exists():
+            if version is None:
+                continue  # another writer took it since next_version looked
             if not overwrite:
                 raise FileExistsError(
                     f"{target} already exists: pass another version or allow overwriting"
