@@ -1,0 +1,74 @@
+# syntax=docker/dockerfile:1.7
+# tapeserve model server image.
+#
+# CPU (default):  docker build -t tapeserve .
+# CUDA:           docker build -t tapeserve:cuda \
+#                   --build-arg BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 .
+# onnxruntime-gpu 1.31 is built for CUDA 13.0 and cuDNN 9: the base must carry both (the nvidia/cuda
+# "cudnn-runtime" images do). Any base works as long as it is Debian/Ubuntu-like: Python is
+# installed from the distribution when the base lacks it.
+#
+# Run:  docker run -p 8000:8000 -v "$PWD/examples/models:/models:ro" tapeserve
+# Settings come from TAPESERVE_* environment variables (see docs/deploy.md); no secrets are baked in.
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- python-base: the chosen base plus a Python that can make virtual environments ----
+FROM ${BASE_IMAGE} AS python-base
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LANG=C.UTF-8
+RUN set -eux; \
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+        apt-get update; \
+        apt-get install -y --no-install-recommends python3 python3-venv ca-certificates; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    python3 --version
+
+# ---- builder: dependencies first (cached layer), then the project itself ----
+FROM python-base AS builder
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml ./
+# Install the runtime dependencies listed in pyproject.toml before copying the source, so code
+# changes do not re-download onnxruntime. The pip cache lives in a build cache mount, not a layer.
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
+COPY README.md ./
+COPY serve ./serve
+COPY engine ./engine
+COPY exporters ./exporters
+RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
+    pip install --no-deps . \
+    && tapeserve --help >/dev/null
+
+# ---- runtime: the venv on a clean base, a non-root user, models from /models ----
+FROM python-base AS runtime
+ARG APP_UID=10001
+RUN set -eux; \
+    groupadd --system --gid "${APP_UID}" tapeserve; \
+    useradd --system --uid "${APP_UID}" --gid tapeserve --home-dir /nonexistent \
+        --no-create-home --shell /usr/sbin/nologin tapeserve; \
+    mkdir -p /models; \
+    chown tapeserve:tapeserve /models
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    TAPESERVE_MODEL_REPOSITORY=/models \
+    TAPESERVE_HOST=0.0.0.0 \
+    TAPESERVE_PORT=8000
+USER ${APP_UID}:${APP_UID}
+WORKDIR /tmp
+EXPOSE 8000
+# Readiness, not liveness: a container whose models did not load is reported unhealthy.
+# Python instead of curl, which slim and CUDA bases do not ship.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/v2/health/ready' % os.environ.get('TAPESERVE_PORT', '8000'), timeout=2)"]
+# Exec form: `tapeserve serve` execs Gunicorn, which becomes PID 1 and drains on SIGTERM.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["tapeserve", "serve"]
