@@ -1,0 +1,117 @@
+"""Structured access logs: one JSON object per request on stderr, tied together by X-Request-ID.
+
+A Flask extension (`init_app(app)`). Each request gets an id, taken from its `X-Request-ID`
+header when that is a sane token, else generated, and the id is returned in the response's
+`X-Request-ID` header so a client, a proxy and the server log can be matched up. Views add what
+only they know (the executed batch size) with `annotate(...)`.
+
+Requests answered with 5xx are logged at WARNING, the rest at INFO, so `--log-level warning`
+(TAPESERVE_LOG_LEVEL) keeps only server-side failures and `error` silences the access log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+HEADER = "X-Request-ID"
+LOGGER_NAME = "tapeserve.access"
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: An incoming id is kept only if it is a short token of safe characters (uuids, trace ids,
+#: ULIDs, ...); anything else is replaced, so a client cannot inject text into headers or logs.
+_VALID_ID = re.compile(r"[A-Za-z0-9._:+=@/-]{1,128}")
+
+#: view_args keys under which the routes carry the model name and version.
+_MODEL_KEYS = ("model_name", "model", "name")
+_VERSION_KEYS = ("model_version", "version")
+
+log = logging.getLogger(LOGGER_NAME)
+
+
+class _JsonLineFormatter(logging.Formatter):
+    """The record's message is already a JSON object; emit it alone on its line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+def parse_level(value: str) -> int:
+    """Logging level for a name such as 'info'; ValueError naming the accepted names."""
+    name = value.strip().lower()
+    if name not in LEVELS:
+        raise ValueError(f"log level must be one of {'|'.join(LEVELS)}, got {value!r}")
+    return logging.getLevelName(name.upper())
+
+
+def request_id() -> str | None:
+    """The current request's id (None outside a request handled by an app with the extension)."""
+    return g.get("request_id")
+
+
+def annotate(**fields: Any) -> None:
+    """Add fields to the current request's access-log line (e.g. batch_size=8)."""
+    g.setdefault("access_fields", {}).update(fields)
+
+
+def init_app(app: Flask, level: str | None = None) -> None:
+    """Log every request of `app` as one JSON line; level from `level` or TAPESERVE_LOG_LEVEL."""
+    log.setLevel(parse_level(level or os.environ.get("TAPESERVE_LOG_LEVEL", "info")))
+    log.propagate = False
+    if not any(isinstance(h.formatter, _JsonLineFormatter) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_JsonLineFormatter())
+        log.addHandler(handler)
+    app.before_request(_start)
+    app.after_request(_finish)
+
+
+def _start() -> None:
+    incoming = request.headers.get(HEADER, "")
+    g.request_id = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+    g.request_start = time.perf_counter()
+
+
+def _finish(response: Response) -> Response:
+    rid = g.get("request_id") or uuid.uuid4().hex
+    response.headers[HEADER] = rid
+    status = response.status_code
+    level = logging.WARNING if status >= 500 else logging.INFO
+    if not log.isEnabledFor(level):
+        return response
+    start = g.get("request_start")
+    args = request.view_args or {}
+    entry: dict[str, Any] = {
+        "time": datetime.now(timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "level": logging.getLevelName(level).lower(),
+        "request_id": rid,
+        "method": request.method,
+        "path": request.path,
+        "model": _first(args, _MODEL_KEYS),
+        "version": _first(args, _VERSION_KEYS),
+        "status": status,
+        "latency_ms": None if start is None else round((time.perf_counter() - start) * 1e3, 3),
+        "batch_size": None,
+        "remote_addr": request.remote_addr,
+    }
+    entry.update(g.get("access_fields", {}))
+    log.log(level, json.dumps(entry, separators=(",", ":"), default=str))
+    return response
+
+
+def _first(args: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        if args.get(key) is not None:
+            return str(args[key])
+    return None
