@@ -13,6 +13,9 @@ of it is inherited by the caller.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import resource
@@ -87,6 +90,42 @@ def probe_model(
     return ProbeResult(
         bool(verdict.get("ok")), verdict.get("reason"), seconds, verdict.get("peak_rss_bytes")
     )
+
+
+def probe_once(
+    path: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None,
+    memory_limit_bytes: int = DEFAULT_MEMORY_LIMIT_BYTES,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> ProbeResult:
+    """`probe_model`, run once per file version for all the workers sharing `cache_dir`.
+
+    The first worker to ask probes under an exclusive lock; the others wait on the lock and read
+    its verdict. A verdict is keyed by the file's identity (device, inode, size, mtime) and the
+    memory limit, so a rewritten file is probed again. Without `cache_dir` it always probes.
+    """
+    if not cache_dir:
+        return probe_model(path, memory_limit_bytes, timeout_s)
+    st = os.stat(path)
+    identity = f"{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}"  # survives a rename
+    key = hashlib.sha256(f"{identity}|{memory_limit_bytes}".encode()).hexdigest()[:32]
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    verdict_path = folder / f"probe-{key}.json"
+    with open(folder / f"probe-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(OSError, ValueError):
+            cached = json.loads(verdict_path.read_text())
+            return ProbeResult(cached["ok"], cached["reason"], 0.0, cached.get("peak_rss_bytes"))
+        result = probe_model(path, memory_limit_bytes, timeout_s)
+        tmp = verdict_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(
+            json.dumps(
+                {"ok": result.ok, "reason": result.reason, "peak_rss_bytes": result.peak_rss_bytes}
+            )
+        )
+        os.replace(tmp, verdict_path)
+        return result
 
 
 def _last_json_line(stdout: bytes) -> dict | None:

@@ -1,0 +1,46 @@
+"""Every URL that carries a model name is checked before routing decides anything.
+
+Flask runs `before_request` hooks before it raises routing errors, so this one sees requests for
+every path under the model prefixes, including ones no route matches (a name holding `/`, once
+URL-decoded, never reaches a `<name>` route). A bad name or a `.`/`..` path segment becomes a 400
+with the reason, instead of a 404 or, worse, a path someone might join onto the repository.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, request
+
+from serve.names import InvalidName, validate_model_name
+from serve.protocol.types import ProtocolError
+
+MODEL_PREFIXES = ("/v2/models/", "/v2/repository/models/", "/v1/models/")
+
+
+def check_model_path(path: str) -> None:
+    """Raise ProtocolError(400) when `path` names a model badly or holds `.`/`..` segments."""
+    for prefix in MODEL_PREFIXES:
+        if path.startswith(prefix):
+            break
+    else:
+        return
+    rest = path[len(prefix) :]
+    segments = rest.split("/")
+    name = segments[0]
+    if prefix == "/v1/models/" and len(segments) == 1:
+        name = name.split(":", 1)[0]  # TF Serving's `name:predict`
+    try:
+        validate_model_name(name)
+    except InvalidName as exc:
+        raise ProtocolError(400, str(exc)) from None
+    if any(s in (".", "..") for s in segments[1:]):
+        raise ProtocolError(
+            400, f"path {path!r} contains a '.' or '..' segment; model URLs take plain names only"
+        )
+
+
+def init_app(app: Flask) -> None:
+    """Check the model name of every request under the model URL prefixes (400 when bad)."""
+
+    @app.before_request
+    def _check_model_name() -> None:
+        check_model_path(request.path)
