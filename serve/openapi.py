@@ -72,7 +72,7 @@ _VERSION = {"$ref": "#/components/parameters/model_version"}
 _LOOKUP_ERRORS = (400, 404, 503)
 _INFER_ERRORS = (400, 401, 403, 404, 413, 415, 500, 501, 503, 504)
 _PREDICT_ERRORS = (400, 401, 403, 404, 413, 415, 500, 503, 504)
-_ADMIN_ERRORS = (400, 401, 403, 404, 500, 503)
+_ADMIN_ERRORS = (400, 401, 403, 404, 500, 501, 503)
 
 _TENSOR_DATA = {
     "type": "array",
@@ -252,7 +252,7 @@ _SCHEMAS: dict[str, Any] = {
                 "name": {"type": "string"},
                 "version": {"type": "string"},
                 "state": {"type": "string"},
-                "reason": {"type": "string"},
+                "reason": {"type": "string", "nullable": True},
             },
         },
     },
@@ -433,6 +433,15 @@ def _responses() -> dict:
     return out
 
 
+def _not_ready(op: dict, schema: str) -> dict:
+    """Readiness answers 503 with its usual body (ready: false), as Triton does."""
+    op["responses"]["503"] = {
+        "description": "not ready",
+        "content": {"application/json": {"schema": _ref(schema)}},
+    }
+    return op
+
+
 def _infer_op(op_id: str, versioned: bool) -> dict:
     params = [_MODEL, *([_VERSION] if versioned else [])]
     params += [
@@ -495,7 +504,9 @@ def _paths() -> dict:
             "get": _op("serverLive", "Liveness", "health", _json(_ref("Live")), ())
         },
         "/v2/health/ready": {
-            "get": _op("serverReady", "Readiness", "health", _json(_ref("Ready")), (503,))
+            "get": _not_ready(
+                _op("serverReady", "Readiness", "health", _json(_ref("Ready")), ()), "Ready"
+            )
         },
         "/v2": {
             "get": _op("serverMetadata", "Server metadata", "v2", _json(_ref("ServerMetadata")), ())
@@ -526,23 +537,29 @@ def _paths() -> dict:
             )
         },
         "/v2/models/{model_name}/ready": {
-            "get": _op(
-                "modelReady",
-                "Model readiness",
-                "v2",
-                _json(_ref("ModelReady")),
-                _LOOKUP_ERRORS,
-                [_MODEL],
+            "get": _not_ready(
+                _op(
+                    "modelReady",
+                    "Model readiness",
+                    "v2",
+                    _json(_ref("ModelReady")),
+                    _LOOKUP_ERRORS,
+                    [_MODEL],
+                ),
+                "ModelReady",
             )
         },
         "/v2/models/{model_name}/versions/{model_version}/ready": {
-            "get": _op(
-                "modelVersionReady",
-                "Model version readiness",
-                "v2",
-                _json(_ref("ModelReady")),
-                _LOOKUP_ERRORS,
-                mv,
+            "get": _not_ready(
+                _op(
+                    "modelVersionReady",
+                    "Model version readiness",
+                    "v2",
+                    _json(_ref("ModelReady")),
+                    _LOOKUP_ERRORS,
+                    mv,
+                ),
+                "ModelReady",
             )
         },
         "/v2/models/{model_name}/infer": {"post": _infer_op("modelInfer", False)},
@@ -557,6 +574,16 @@ def _paths() -> dict:
                 _json(_ref("ModelConfig")),
                 (400, 404),
                 [_MODEL],
+            )
+        },
+        "/v2/models/{model_name}/versions/{model_version}/config": {
+            "get": _op(
+                "modelVersionConfig",
+                "Effective model configuration (version given)",
+                "v2",
+                _json(_ref("ModelConfig")),
+                (400, 404),
+                mv,
             )
         },
         "/v2/models/{model_name}/stats": {

@@ -177,8 +177,9 @@ _STATES = {
 }
 
 
-def version_status(version: str | int, state: str, error_message: str = "") -> dict:
+def version_status(version: str | int, state: str, error_message: str | None = "") -> dict:
     """One entry of `model_version_status`; a failure is state END with error_code UNKNOWN."""
+    error_message = error_message or ""
     return {
         "version": str(version),
         "state": _STATES.get(state.upper(), state.upper()),
