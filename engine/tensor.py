@@ -1,0 +1,641 @@
+"""Tensor: a numpy array with a tape entry for reverse mode and a tangent for forward mode.
+
+`apply(op, inputs, **attrs)` is the only place a primitive runs: it computes the forward
+value, records a Node when gradients are wanted, pushes tangents through the op's JVP rule
+when dual numbers are live, and reports the application to an active trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from engine import tracing
+from engine.ops import REGISTRY, Primitive
+from engine.ops._util import norm_axes
+
+_grad_enabled = True
+_dual_depth = 0  # > 0 while engine.autodiff has dual numbers live
+
+P = REGISTRY
+
+
+class Node:
+    """A tape entry: the op, its input Tensors and arrays, attributes, output and saved state."""
+
+    __slots__ = ("op", "inputs", "xs", "attrs", "out", "saved", "needs")
+
+    def __init__(self, op, inputs, xs, attrs, out, saved):
+        self.op = op
+        self.inputs = inputs
+        self.xs = xs
+        self.attrs = attrs
+        self.out = out
+        self.saved = saved
+        self.needs = tuple(t.requires_grad for t in inputs)
+
+
+def apply(op: type[Primitive], inputs: Sequence[Tensor], **attrs: Any) -> Tensor:
+    """Run primitive `op` on Tensors: forward, tape, tangent and trace in one place."""
+    return apply_saving(op, inputs, **attrs)[0]
+
+
+def apply_saving(op: type[Primitive], inputs: Sequence[Tensor], **attrs: Any) -> tuple:
+    """`apply` that also returns what the op's forward saved (batch_norm's batch statistics)."""
+    xs = [t.data for t in inputs]
+    res = op.forward(*xs, **attrs)
+    out, saved = res if op.saves else (res, None)
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)
+    requires = False
+    if _grad_enabled and op.differentiable:
+        for t in inputs:
+            if t.requires_grad:
+                requires = True
+                break
+    dual = _dual_depth > 0 and any(t.tangent is not None for t in inputs)
+    result = Tensor._wrap(out, requires)
+    if requires or dual:
+        node = Node(op, inputs, xs, attrs, out, saved)
+        if requires:
+            result._node = node
+        if dual:
+            result.tangent = _push_tangent(op, node, inputs)
+    if tracing.active():
+        tracing.record(op, inputs, attrs, [result])
+    return result, saved
+
+
+def _push_tangent(op, node, inputs):
+    tangents = []
+    for t, x in zip(inputs, node.xs, strict=True):
+        if t.tangent is not None:
+            tangents.append(t.tangent)
+        elif x.dtype.kind == "f":
+            tangents.append(np.zeros_like(x))
+        else:
+            tangents.append(None)
+    out_t = op.jvp(tangents, node)
+    if out_t is None or node.out.dtype.kind != "f":
+        return None
+    out_t = np.asarray(out_t, dtype=node.out.dtype)
+    if out_t.shape != node.out.shape:
+        out_t = np.broadcast_to(out_t, node.out.shape).copy()
+    return out_t
+
+
+def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
+    if isinstance(data, Tensor):
+        data = data.data
+    if dtype is not None:
+        return np.asarray(data, dtype=dtype)
+    if isinstance(data, (np.ndarray, np.generic)):
+        return np.asarray(data)
+    arr = np.asarray(data)
+    if arr.dtype == np.float64:  # Python floats default to float32 like torch
+        arr = arr.astype(np.float32)
+    return arr
+
+
+class Tensor:
+    """An n-dimensional array (numpy underneath) that records operations for autodiff."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_node", "tangent", "_retain", "__weakref__",
+                 "__dict__")  # fmt: skip
+    __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
+        self.data = _as_array(data, dtype)
+        if requires_grad and self.data.dtype.kind not in "fc":
+            raise TypeError(f"only floating tensors can require gradients, not {self.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._node = None
+        self.tangent = None
+        self._retain = False
+
+    @classmethod
+    def _wrap(cls, data: np.ndarray, requires_grad: bool = False) -> Tensor:
+        t = object.__new__(Tensor)
+        t.data = data
+        t.requires_grad = requires_grad
+        t.grad = None
+        t._node = None
+        t.tangent = None
+        t._retain = False
+        return t
+
+    # --- introspection ---------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    def size(self, dim: int | None = None) -> tuple[int, ...] | int:
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    def numel(self) -> int:
+        return self.data.size
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def item(self) -> Any:
+        return self.data.item()
+
+    def tolist(self) -> Any:
+        return self.data.tolist()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.data if dtype is None else self.data.astype(dtype)
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def __float__(self) -> float:
+        return float(self.data)
+
+    def __int__(self) -> int:
+        return int(self.data)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        if self.dtype != np.float32:
+            extra = f", dtype={self.dtype}" + extra
+        return f"tensor({body}{extra})"
+
+    __hash__ = object.__hash__
+
+    # --- autograd ---------------------------------------------------------------------
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        if requires_grad and self.data.dtype.kind not in "fc":
+            raise TypeError(f"only floating tensors can require gradients, not {self.dtype}")
+        self.requires_grad = requires_grad
+        return self
+
+    def retain_grad(self) -> None:
+        """Keep .grad on this non-leaf tensor after backward (like torch)."""
+        self._retain = True
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph."""
+        return apply(P["detach"], [self])
+
+    def backward(self, grad: Any = None) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's .grad (iterative reverse walk)."""
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() needs a grad argument for a non-scalar output {self.shape}"
+                )
+            g = np.ones(self.shape, dtype=self.dtype)
+        else:
+            g = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            if g.shape != self.shape:
+                g = np.broadcast_to(g, self.shape)
+        backward([self], [g])
+
+    # --- arithmetic -------------------------------------------------------------------
+    def _lift(self, other: Any) -> Tensor:
+        if isinstance(other, Tensor):
+            return other
+        if isinstance(other, np.ndarray):
+            return Tensor._wrap(other)
+        if self.data.dtype.kind in "fc" or isinstance(other, (bool, int, np.integer)):
+            return Tensor._wrap(np.asarray(other, dtype=self.data.dtype))
+        return Tensor._wrap(np.asarray(other, dtype=np.float32))
+
+    def __add__(self, o):
+        return apply(P["add"], [self, self._lift(o)])
+
+    def __radd__(self, o):
+        return apply(P["add"], [self._lift(o), self])
+
+    def __sub__(self, o):
+        return apply(P["sub"], [self, self._lift(o)])
+
+    def __rsub__(self, o):
+        return apply(P["sub"], [self._lift(o), self])
+
+    def __mul__(self, o):
+        return apply(P["mul"], [self, self._lift(o)])
+
+    def __rmul__(self, o):
+        return apply(P["mul"], [self._lift(o), self])
+
+    def __truediv__(self, o):
+        return apply(P["div"], [self, self._lift(o)])
+
+    def __rtruediv__(self, o):
+        return apply(P["div"], [self._lift(o), self])
+
+    def __pow__(self, o):
+        return apply(P["pow"], [self, self._lift(o)])
+
+    def __rpow__(self, o):
+        return apply(P["pow"], [self._lift(o), self])
+
+    def __matmul__(self, o):
+        return apply(P["matmul"], [self, self._lift(o)])
+
+    def __rmatmul__(self, o):
+        return apply(P["matmul"], [self._lift(o), self])
+
+    def __neg__(self):
+        return apply(P["neg"], [self])
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self.abs()
+
+    def __eq__(self, o):  # type: ignore[override]
+        return apply(P["eq"], [self, self._lift(o)])
+
+    def __ne__(self, o):  # type: ignore[override]
+        return apply(P["ne"], [self, self._lift(o)])
+
+    def __lt__(self, o):
+        return apply(P["lt"], [self, self._lift(o)])
+
+    def __le__(self, o):
+        return apply(P["le"], [self, self._lift(o)])
+
+    def __gt__(self, o):
+        return apply(P["gt"], [self, self._lift(o)])
+
+    def __ge__(self, o):
+        return apply(P["ge"], [self, self._lift(o)])
+
+    # --- element-wise -----------------------------------------------------------------
+    def exp(self) -> Tensor:
+        return apply(P["exp"], [self])
+
+    def log(self) -> Tensor:
+        return apply(P["log"], [self])
+
+    def sqrt(self) -> Tensor:
+        return apply(P["sqrt"], [self])
+
+    def abs(self) -> Tensor:
+        return apply(P["abs"], [self])
+
+    def tanh(self) -> Tensor:
+        return apply(P["tanh"], [self])
+
+    def sigmoid(self) -> Tensor:
+        return apply(P["sigmoid"], [self])
+
+    def relu(self) -> Tensor:
+        return apply(P["relu"], [self])
+
+    def clip(self, min: float | None = None, max: float | None = None) -> Tensor:
+        return apply(P["clip"], [self], min=min, max=max)
+
+    clamp = clip
+
+    def astype(self, dtype: Any) -> Tensor:
+        return apply(P["cast"], [self], dtype=np.dtype(dtype))
+
+    def float(self) -> Tensor:
+        return self.astype(np.float32)
+
+    def double(self) -> Tensor:
+        return self.astype(np.float64)
+
+    def long(self) -> Tensor:
+        return self.astype(np.int64)
+
+    def int(self) -> Tensor:
+        return self.astype(np.int32)
+
+    def bool(self) -> Tensor:
+        return self.astype(np.bool_)
+
+    def softmax(self, dim: int = -1) -> Tensor:
+        return apply(P["softmax"], [self], axis=dim)
+
+    def log_softmax(self, dim: int = -1) -> Tensor:
+        return apply(P["log_softmax"], [self], axis=dim)
+
+    # --- reductions -------------------------------------------------------------------
+    def _axes(self, dim, axis):
+        return norm_axes(dim if dim is not None else axis, self.ndim)
+
+    def sum(self, dim=None, keepdim=False, *, axis=None, keepdims=None) -> Tensor:
+        keep = keepdim if keepdims is None else keepdims
+        return apply(P["sum"], [self], axes=self._axes(dim, axis), keepdims=bool(keep))
+
+    def mean(self, dim=None, keepdim=False, *, axis=None, keepdims=None) -> Tensor:
+        keep = keepdim if keepdims is None else keepdims
+        return apply(P["mean"], [self], axes=self._axes(dim, axis), keepdims=bool(keep))
+
+    def max(self, dim=None, keepdim=False, *, axis=None, keepdims=None) -> Tensor:
+        """Largest values over `dim` (values only, like torch.amax; see argmax for indices)."""
+        keep = keepdim if keepdims is None else keepdims
+        return apply(P["max"], [self], axes=self._axes(dim, axis), keepdims=bool(keep))
+
+    amax = max
+
+    def min(self, dim=None, keepdim=False, *, axis=None, keepdims=None) -> Tensor:
+        return -((-self).max(dim, keepdim, axis=axis, keepdims=keepdims))
+
+    amin = min
+
+    def argmax(self, dim: int | None = None, keepdim: bool = False) -> Tensor:
+        return apply(P["argmax"], [self], axis=dim, keepdims=keepdim)
+
+    def var(self, dim=None, unbiased=True, keepdim=False, *, correction=None, axis=None,
+            keepdims=None) -> Tensor:  # fmt: skip
+        """Variance; unbiased (correction=1) by default like torch."""
+        axes = self._axes(dim, axis)
+        keep = keepdim if keepdims is None else keepdims
+        corr = (1 if unbiased else 0) if correction is None else correction
+        n = int(np.prod([self.shape[a] for a in axes]))
+        centred = self - self.mean(axes, keepdim=True)
+        return (centred * centred).sum(axes, keepdim=keep) / max(n - corr, 0)
+
+    def std(self, dim=None, unbiased=True, keepdim=False, **kw) -> Tensor:
+        return self.var(dim, unbiased, keepdim, **kw).sqrt()
+
+    # --- shape ------------------------------------------------------------------------
+    def reshape(self, *shape) -> Tensor:
+        resolved = _resolve_shape(_shape_arg(shape), self.data.size)
+        return apply(P["reshape"], [self], shape=resolved)
+
+    view = reshape
+
+    def transpose(self, dim0: int = 0, dim1: int = 1) -> Tensor:
+        perm = list(range(self.ndim))
+        perm[dim0], perm[dim1] = perm[dim1], perm[dim0]
+        return apply(P["transpose"], [self], perm=tuple(perm))
+
+    def permute(self, *dims) -> Tensor:
+        dims = tuple(d % self.ndim for d in _shape_arg(dims))
+        return apply(P["transpose"], [self], perm=dims)
+
+    @property
+    def T(self) -> Tensor:
+        return apply(P["transpose"], [self], perm=tuple(reversed(range(self.ndim))))
+
+    def flatten(self, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+        if self.ndim == 0:
+            return self.reshape(1)
+        s, e = start_dim % self.ndim, end_dim % self.ndim
+        shape = self.shape[:s] + (int(np.prod(self.shape[s : e + 1])),) + self.shape[e + 1 :]
+        return self.reshape(shape)
+
+    def squeeze(self, dim: int | Sequence[int] | None = None) -> Tensor:
+        if dim is None:
+            axes = tuple(i for i, n in enumerate(self.shape) if n == 1)
+        else:
+            axes = tuple(a for a in norm_axes(dim, self.ndim) if self.shape[a] == 1)
+        return apply(P["squeeze"], [self], axes=axes) if axes else self
+
+    def unsqueeze(self, dim: int) -> Tensor:
+        return apply(P["unsqueeze"], [self], axes=(dim % (self.ndim + 1),))
+
+    def expand(self, *shape) -> Tensor:
+        shape = _shape_arg(shape)
+        lead = len(shape) - self.ndim
+        full = tuple(self.shape[i - lead] if n == -1 else n for i, n in enumerate(shape))
+        return self.broadcast_to(full)
+
+    def broadcast_to(self, shape: Sequence[int]) -> Tensor:
+        return apply(P["broadcast_to"], [self], shape=tuple(shape))
+
+    def __getitem__(self, index) -> Tensor:
+        return apply(P["getitem"], [self], index=_norm_index(index))
+
+    def __setitem__(self, index, value) -> None:
+        """In-place write into the data (for tensors not being differentiated)."""
+        if self.requires_grad and _grad_enabled:
+            raise RuntimeError("in-place assignment into a tensor that requires grad")
+        self.data[_norm_index(index)] = value.data if isinstance(value, Tensor) else value
+
+
+def _shape_arg(shape: tuple) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(int(n) for n in shape)
+
+
+def _resolve_shape(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
+    if -1 not in shape:
+        if int(np.prod(shape)) != size:
+            raise ValueError(f"cannot reshape {size} elements into shape {shape}")
+        return shape
+    known = int(np.prod([n for n in shape if n != -1]))
+    if shape.count(-1) > 1 or known == 0 or size % known:
+        raise ValueError(f"cannot reshape {size} elements into shape {shape}")
+    return tuple(size // known if n == -1 else n for n in shape)
+
+
+def _norm_index(index) -> tuple:
+    if not isinstance(index, tuple):
+        index = (index,)
+    out = []
+    for i in index:
+        if isinstance(i, Tensor):
+            i = i.data
+        if isinstance(i, list):
+            i = np.asarray(i)
+        if isinstance(i, np.ndarray) and i.ndim == 0 and i.dtype.kind in "iu":
+            i = int(i)
+        out.append(i)
+    return tuple(out)
+
+
+class Parameter(Tensor):
+    """A Tensor that is a model weight: requires grad; the exporter makes it an initializer."""
+
+    def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None) -> None:
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + super().__repr__()
+
+
+# --- the reverse walk ---------------------------------------------------------------------
+
+
+def backward(outputs: Sequence[Tensor], grads: Sequence[np.ndarray]) -> None:
+    """Reverse-mode sweep from `outputs` seeded with `grads`, accumulating into leaves."""
+    order = _topological(outputs)
+    pending: dict[int, np.ndarray] = {}
+    for t, g in zip(outputs, grads, strict=True):
+        pending[id(t)] = pending[id(t)] + g if id(t) in pending else g
+    for t in reversed(order):
+        g = pending.pop(id(t), None)
+        if g is None:
+            continue
+        node = t._node
+        if node is None or t._retain:
+            if t.grad is None:
+                t.grad = np.array(g, dtype=t.dtype, copy=True)
+            else:
+                t.grad += g
+        if node is None:
+            continue
+        in_grads = node.op.vjp(g, node)
+        for inp, gi in zip(node.inputs, in_grads, strict=True):
+            if gi is None or not inp.requires_grad:
+                continue
+            if gi.shape != inp.data.shape:
+                raise RuntimeError(
+                    f"vjp of {node.op.name!r} gave a gradient of shape {gi.shape} "
+                    f"for an input of shape {inp.data.shape}"
+                )
+            k = id(inp)
+            pending[k] = pending[k] + gi if k in pending else gi
+
+
+def _topological(outputs: Sequence[Tensor]) -> list[Tensor]:
+    """Post-order of the graph above `outputs`, with an explicit stack (no recursion limit)."""
+    order: list[Tensor] = []
+    seen: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(t, False) for t in outputs if t.requires_grad]
+    while stack:
+        t, done = stack.pop()
+        if done:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        if t._node is not None:
+            for inp in t._node.inputs:
+                if inp.requires_grad and id(inp) not in seen:
+                    stack.append((inp, False))
+    return order
+
+
+# --- grad mode ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled: bool) -> Iterator[None]:
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+class no_grad(contextlib.ContextDecorator):  # noqa: N801 - torch's name
+    """Stop recording the tape inside the block (or decorated function)."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._previous = _grad_enabled
+        _grad_enabled = False
+        return self
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._previous
+        return False
+
+
+class enable_grad(no_grad):  # noqa: N801
+    """Turn recording back on inside a no_grad block."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._previous = _grad_enabled
+        _grad_enabled = True
+        return self
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+# --- creation -----------------------------------------------------------------------------
+
+
+def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:
+    """A new Tensor from data (lists, scalars, arrays), float32 for Python floats."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def _make(fill, shape, dtype, requires_grad):
+    arr = fill(_shape_arg(shape), dtype=np.float32 if dtype is None else dtype)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
+    return _make(np.zeros, shape, dtype, requires_grad)
+
+
+def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
+    return _make(np.ones, shape, dtype, requires_grad)
+
+
+def full(shape, fill_value, dtype=None, requires_grad=False) -> Tensor:
+    dt = np.float32 if dtype is None else dtype
+    return Tensor(np.full(_shape_arg((shape,)), fill_value, dtype=dt), requires_grad)
+
+
+def zeros_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
+    return Tensor(np.zeros_like(t.data, dtype=dtype), requires_grad=requires_grad)
+
+
+def ones_like(t: Tensor, dtype=None, requires_grad=False) -> Tensor:
+    return Tensor(np.ones_like(t.data, dtype=dtype), requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=None, requires_grad=False) -> Tensor:
+    from engine.random import generator
+
+    dt = np.dtype(np.float32 if dtype is None else dtype)
+    arr = generator().standard_normal(_shape_arg(shape), dtype=dt)
+    return Tensor(arr, requires_grad=requires_grad)
+
+
+def rand(*shape, dtype=None, requires_grad=False) -> Tensor:
+    from engine.random import generator
+
+    dt = np.dtype(np.float32 if dtype is None else dtype)
+    return Tensor(generator().random(_shape_arg(shape), dtype=dt), requires_grad=requires_grad)
+
+
+def arange(start, end=None, step=1, dtype=None, requires_grad=False) -> Tensor:
+    if end is None:
+        start, end = 0, start
+    arr = np.arange(start, end, step)
+    if dtype is not None:
+        arr = arr.astype(dtype)
+    elif arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    return Tensor(arr, requires_grad=requires_grad)
