@@ -178,6 +178,35 @@ def run_model(model: Any, batch: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(t.data) for t in flatten_outputs(out)]
 
 
+def _batch_fill(data: np.ndarray, batch: int) -> bool:
+    """A constant that is one value repeated over a leading batch-sized dimension (e.g. an
+    LSTM's zero initial state built with the example's batch size)."""
+    return (
+        data.ndim >= 1
+        and data.shape[0] == batch
+        and data.size > 0
+        and bool(np.all(data == data.flat[0]))
+    )
+
+
+def batch_filled(ctx: LoweringContext, input_name: str, data: np.ndarray) -> str:
+    """ConstantOfShape([batch of the graph input, *data.shape[1:]]) filled with data's value,
+    so the constant follows the batch size instead of baking in the example's."""
+    shape = ctx.node("Shape", [input_name])
+    batch = ctx.node(
+        "Slice",
+        [
+            shape,
+            ctx.const(np.array([0], np.int64), "start"),
+            ctx.const(np.array([1], np.int64), "end"),
+        ],
+    )
+    rest = ctx.const(np.array(data.shape[1:], dtype=np.int64), "shape")
+    full = ctx.node("Concat", [batch, rest], axis=0)
+    value = numpy_helper.from_array(np.array([data.flat[0]], dtype=data.dtype))
+    return ctx.node("ConstantOfShape", [full], value=value)
+
+
 def build_graph(
     model: Any,
     example: np.ndarray,
@@ -216,7 +245,10 @@ def build_graph(
             names[id(t)] = ctx.initializer(key, np.asarray(tensor.data))
         else:  # a tensor made during forward from no traced op: a constant
             data = np.asarray(getattr(t, "data", t))
-            names[id(t)] = ctx.const(data, "const")
+            if _batch_fill(data, example.shape[0]):
+                names[id(t)] = batch_filled(ctx, input_name, data)
+            else:
+                names[id(t)] = ctx.const(data, "const")
         return names[id(t)]
 
     for node in tr.nodes:
