@@ -27,6 +27,7 @@ import base64
 import binascii
 import hmac
 import json
+import logging
 import os
 import re
 import shutil
@@ -37,14 +38,16 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, request
 
+from serve import name_guard
 from serve.api.common import error_response, json_response, read_body
 from serve.config import CONFIG_FILE, ConfigError, parse_config
 from serve.model_checks import ModelRejected
-from serve.model_control import ModelController, vet_model
-from serve.models import ModelNotFound, State
+from serve.model_control import ControlSettings, ModelController, vet_model
+from serve.models import ModelNotFound, ModelRegistry, State
 from serve.names import InvalidName, validate_model_name, validate_version
 from serve.protocol.types import ProtocolError
 from serve.repository import MODEL_FILE
+from serve.settings import Settings
 
 ADMIN_TOKEN_ENV = "TAPESERVE_ADMIN_TOKEN"
 INFERENCE_TOKEN_ENV = "TAPESERVE_INFERENCE_TOKEN"
@@ -52,6 +55,7 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _INFERENCE_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$|^/v1/models/.+:\w+$")
 
 bp = Blueprint("admin", __name__)
+log = logging.getLogger("tapeserve.admin")
 
 
 @dataclass(frozen=True)
@@ -323,3 +327,25 @@ def _write_config(name: str, config: dict) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         json.dump(config, out, indent=2)
     os.replace(tmp, model_dir / CONFIG_FILE)
+
+
+def init_model_control(app: Flask, settings: Settings, registry: ModelRegistry) -> ModelController:
+    """Everything about models entering this worker, wired into `app` before loading starts:
+    vetting of every model file, the name guard, the admin plane and the control mode."""
+    control = ControlSettings.from_settings(settings)
+    controller = ModelController(registry, control)
+    registry.vet = lambda path: vet_model(path, control)
+    name_guard.init_app(app)
+    state = AdminState(
+        read_token(settings.admin_token_file or None, ADMIN_TOKEN_ENV),
+        read_token(settings.inference_token_file or None, INFERENCE_TOKEN_ENV),
+        controller,
+    )
+    if control.mode == "explicit" and state.admin_token is None:
+        log.warning(
+            "model control mode is explicit but no admin token is set: models loaded at "
+            "start stay as they are until restart"
+        )
+    init_app(app, state)
+    controller.start()
+    return controller

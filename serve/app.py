@@ -11,6 +11,7 @@ import sys
 
 from flask import Flask
 
+from serve import admin
 from serve.api import status, tfserving, v2
 from serve.api.common import Server, register_error_handlers
 from serve.models import ModelRegistry
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (v2.bp, tfserving.bp, status.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    admin.init_model_control(app, settings, registry)  # vetting, name guard, admin plane, modes
     logging.getLogger("tapeserve").info(
         "loading models from %s (device %s)", settings.model_repository, settings.device
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from serve.control_cli import control_options
 from serve.settings import DEVICES_HELP, Settings, default_model_repository
 
 GUNICORN_APP = "serve.app:create_app()"
@@ -92,6 +93,7 @@ def main() -> None:
     envvar="TAPESERVE_CONTROL_SOCKET",
     help="Gunicorn control socket path [default: disabled, so servers run side by side].",
 )
+@control_options
 def serve(model_repository: Path | None, **options: object) -> None:
     """Serve a model repository over HTTP (KServe V2 and TF Serving REST) with Gunicorn."""
     repository = model_repository or default_model_repository()

@@ -25,6 +25,11 @@ _own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tapeserve-metrics-")
 
+# A folder the workers share for model control (load-probe verdicts, explicit requests).
+_own_runtime_dir = "TAPESERVE_RUNTIME_DIR" not in os.environ
+if _own_runtime_dir:
+    os.environ["TAPESERVE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="tapeserve-run-")
+
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else
         f"{_settings.host}:{_settings.port}"]  # fmt: skip
 workers = _settings.workers
@@ -73,5 +78,7 @@ def child_exit(server, worker) -> None:
 
 
 def on_exit(server) -> None:
+    if _own_runtime_dir:
+        shutil.rmtree(os.environ["TAPESERVE_RUNTIME_DIR"], ignore_errors=True)
     if _own_metrics_dir:
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -86,6 +86,11 @@ MODEL_READY = Gauge(
     ["model", "version", "device"],
     multiprocess_mode="livemin",
 )
+MODEL_LOAD_FAILURES = Counter(
+    "tapeserve_model_load_failures_total",
+    "Model version loads that failed (checks, load probe, session, warm-up), per worker.",
+    ["model"],
+)
 
 
 def multiprocess_dir() -> str | None:

@@ -36,10 +36,13 @@ from serve.model_checks import CheckLimits, ModelRejected, check_model_file
 from serve.models import Model, ModelNotFound, ModelRegistry, ModelVersion, State
 from serve.names import validate_model_name
 from serve.repository import available_versions, select_versions
+from serve.settings import Settings
 
 log = logging.getLogger("tapeserve.control")
 
 CONTROL_MODES = ("none", "poll", "explicit")
+#: Folder the Gunicorn master creates for its workers to share (serve/gunicorn_conf.py).
+RUNTIME_DIR_ENV = "TAPESERVE_RUNTIME_DIR"
 _REQUESTS_FILE = "explicit-requests.json"
 _MAX_FINGERPRINT_FILES = 10_000
 
@@ -65,6 +68,22 @@ class ControlSettings:
             )
         if self.poll_interval <= 0:
             raise ValueError(f"poll interval must be positive, got {self.poll_interval}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ControlSettings:
+        """From the server settings; the runtime folder comes from the Gunicorn master."""
+        domains = settings.allowed_custom_op_domains.split(",")
+        return cls(
+            mode=settings.model_control_mode,
+            poll_interval=float(settings.poll_interval),
+            limits=CheckLimits(
+                allowed_custom_op_domains=frozenset(d.strip() for d in domains if d.strip())
+            ),
+            probe=settings.load_probe,
+            probe_memory_bytes=int(settings.load_probe_memory_mb) * 1024**2,
+            probe_timeout_s=float(settings.load_probe_timeout),
+            runtime_dir=os.environ.get(RUNTIME_DIR_ENV) or None,
+        )
 
 
 def vet_model(path: Path, settings: ControlSettings) -> None:
@@ -281,9 +300,7 @@ class ModelController:
         self, name: str, version: int, path: Path, config: ModelConfig
     ) -> ModelVersion:
         mv = ModelVersion(name, version, path, config)
-        self.registry._load(mv)
-        if mv.state is not State.READY:
-            _count_failure(name)
+        self.registry._load(mv)  # vets, creates sessions, warms up; counts a failure
         return mv
 
     def _config_failed(self, name: str, model: Model | None, reason: str) -> Model | None:
@@ -292,7 +309,7 @@ class ModelController:
         if model is None:
             model = Model(name, ModelConfig(), reason, {})
             self.registry.models = {**self.registry.models, name: model}
-            _count_failure(name)
+            metrics.MODEL_LOAD_FAILURES.labels(name).inc()
         return model
 
     def _settled(self, key: tuple[str, int], fp: tuple) -> bool:
@@ -346,9 +363,3 @@ def _read_requests(path: Path) -> dict[str, dict]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _count_failure(name: str) -> None:
-    counter = getattr(metrics, "MODEL_LOAD_FAILURES", None)
-    if counter is not None:
-        counter.labels(name).inc()

@@ -10,6 +10,7 @@ import enum
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,9 @@ class ModelRegistry:
         self.models: dict[str, Model] = {}
         self.error: str | None = None
         self._loaded = threading.Event()
+        #: Called with a model file before any session is created; raises to refuse it
+        #: (serve.model_control: static checks and the load probe).
+        self.vet: Callable[[Path], None] | None = None
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -173,6 +177,8 @@ class ModelRegistry:
         device = config.device or self.device
         started = time.monotonic()
         try:
+            if self.vet is not None:
+                self.vet(mv.path)
             threads = config.intra_op_threads or runtime.intra_op_threads(
                 self.workers, config.instance_count
             )
@@ -199,6 +205,7 @@ class ModelRegistry:
         except Exception as exc:
             mv.state, mv.reason = State.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
             metrics.MODEL_READY.labels(mv.name, str(mv.version), device).set(0)
+            metrics.MODEL_LOAD_FAILURES.labels(mv.name).inc()
             log.error("model %s version %s failed to load: %s", mv.name, mv.version, mv.reason)
             return
         mv.state = State.READY

@@ -60,6 +60,14 @@ class Settings:
     graceful_timeout: int = 30
     log_level: str = "info"
     control_socket: str = ""
+    model_control_mode: str = "none"
+    poll_interval: float = 5.0
+    admin_token_file: str = ""
+    inference_token_file: str = ""
+    allowed_custom_op_domains: str = ""
+    load_probe: bool = True
+    load_probe_memory_mb: int = 4096
+    load_probe_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.model_repository:
@@ -67,6 +75,14 @@ class Settings:
         self.device = parse_device(self.device)
         for name in ("port", "workers", "threads", "max_body_size"):
             if int(getattr(self, name)) < (0 if name == "port" else 1):
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.model_control_mode not in ("none", "poll", "explicit"):
+            raise ValueError(
+                "model_control_mode must be none, poll or explicit, "
+                f"got {self.model_control_mode!r}"
+            )
+        for name in ("poll_interval", "load_probe_memory_mb", "load_probe_timeout"):
+            if float(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     @classmethod
@@ -81,6 +97,8 @@ class Settings:
             try:
                 if f.type == "int":
                     values[f.name] = int(raw)
+                elif f.type == "float":
+                    values[f.name] = float(raw)
                 elif f.type == "bool":
                     values[f.name] = _parse_bool(raw)
                 else:

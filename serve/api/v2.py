@@ -8,7 +8,6 @@ import serve
 from serve.api.common import (
     deadline_for,
     encoded,
-    error_response,
     failure,
     json_response,
     observed,
@@ -156,16 +155,6 @@ def repository_index() -> Response:
                 }
             )
     return json_response(rows)
-
-
-@bp.post("/v2/repository/models/<name>/load")
-@bp.post("/v2/repository/models/<name>/unload")
-def repository_control(name: str) -> Response:
-    return error_response(
-        501,
-        "model control is not enabled: models are loaded from the repository at start-up "
-        "(restart or roll the deployment to change them)",
-    )
 
 
 def _infer(ctx: dict, name: str, version: str | None = None) -> Response:

@@ -1,0 +1,92 @@
+"""`tapeserve serve` options for model control, the admin plane and model vetting.
+
+Kept here, applied to the command with one decorator, so the serve command stays readable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from serve.model_control import CONTROL_MODES
+
+
+def _empty_if_none(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    return value or ""
+
+
+_OPTIONS = [
+    click.option(
+        "--model-control-mode",
+        type=click.Choice(CONTROL_MODES),
+        default="none",
+        show_default=True,
+        envvar="TAPESERVE_MODEL_CONTROL_MODE",
+        help="none: load at start; poll: rescan the repository every --poll-interval seconds; "
+        "explicit: load/unload only through the admin API (needs an admin token).",
+    ),
+    click.option(
+        "--poll-interval",
+        type=click.FloatRange(min=0, min_open=True),
+        default=5.0,
+        show_default=True,
+        envvar="TAPESERVE_POLL_INTERVAL",
+        help="Seconds between repository scans (poll) or admin-request checks (explicit).",
+    ),
+    click.option(
+        "--admin-token-file",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        callback=_empty_if_none,
+        envvar="TAPESERVE_ADMIN_TOKEN_FILE",
+        help="File holding the admin bearer token (or set TAPESERVE_ADMIN_TOKEN); without a "
+        "token the admin plane (load, unload, upload) is disabled.",
+    ),
+    click.option(
+        "--inference-token-file",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        callback=_empty_if_none,
+        envvar="TAPESERVE_INFERENCE_TOKEN_FILE",
+        help="File holding a bearer token required by the inference endpoints (or set "
+        "TAPESERVE_INFERENCE_TOKEN).",
+    ),
+    click.option(
+        "--allowed-custom-op-domains",
+        default="",
+        envvar="TAPESERVE_ALLOWED_CUSTOM_OP_DOMAINS",
+        help="Comma-separated operator domains beyond ONNX's and com.microsoft that models may "
+        "use [default: none].",
+    ),
+    click.option(
+        "--load-probe/--no-load-probe",
+        default=True,
+        show_default=True,
+        envvar="TAPESERVE_LOAD_PROBE",
+        help="Load each new model version in a memory-limited child process first.",
+    ),
+    click.option(
+        "--load-probe-memory-mb",
+        type=click.IntRange(min=64),
+        default=4096,
+        show_default=True,
+        envvar="TAPESERVE_LOAD_PROBE_MEMORY_MB",
+        help="Address-space limit of the load probe; a model needing more is refused.",
+    ),
+    click.option(
+        "--load-probe-timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=60.0,
+        show_default=True,
+        envvar="TAPESERVE_LOAD_PROBE_TIMEOUT",
+        help="Seconds the load probe may take (session creation and warm-up).",
+    ),
+]
+
+
+def control_options(command: Callable) -> Callable:
+    """Apply every model-control option to a click command."""
+    for option in reversed(_OPTIONS):
+        command = option(command)
+    return command
