@@ -206,8 +206,8 @@ def test_load_probe_accepts_a_good_model_and_reports_its_memory(tmp_path: Path) 
 
 def test_load_probe_reports_a_timeout(tmp_path: Path) -> None:
     path = hostile.write_version(tmp_path, "m", 1, hostile.add_weight_model())
-    result = probe_model(path, timeout_s=0.05)
-    assert not result.ok and "did not finish within 0.05 s" in result.reason
+    result = probe_model(path, timeout_s=0)
+    assert not result.ok and "did not finish within 0 s (load probe killed)" in result.reason
 
 
 def test_load_probe_reports_a_session_error(tmp_path: Path) -> None:
