@@ -51,7 +51,7 @@ def apply_saving(op: type[Primitive], inputs: Sequence[Tensor], **attrs: Any) ->
     if type(out) is not np.ndarray:
         out = np.asarray(out)
     requires = False
-    if _grad_enabled and op.differentiable:
+    if _grad_enabled and op.differentiable and out.dtype.kind == "f":
         for t in inputs:
             if t.requires_grad:
                 requires = True
