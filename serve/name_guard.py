@@ -32,7 +32,7 @@ def check_model_path(path: str) -> None:
         validate_model_name(name)
     except InvalidName as exc:
         raise ProtocolError(400, str(exc)) from None
-    if any(s in (".", "..") for s in segments[1:]):
+    if any(s.split(":", 1)[0] in (".", "..") for s in segments[1:]):  # also `..:predict`
         raise ProtocolError(
             400, f"path {path!r} contains a '.' or '..' segment; model URLs take plain names only"
         )
