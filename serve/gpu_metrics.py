@@ -3,7 +3,7 @@
 Without an NVIDIA GPU (or without `nvidia-ml-py`) the collector yields nothing, so the series are
 absent rather than a misleading 0. Values are read on each scrape, in whichever worker serves
 it: they describe the whole device, so every worker would report the same numbers, and no
-multiprocess bookkeeping is needed (custom collectors cannot live in the multiprocess registry).
+multiprocess bookkeeping is needed (custom collectors cannot live in multiprocess files).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
+from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -91,9 +92,12 @@ def _read_devices(nvml) -> list[tuple[str, float, float, float]]:
     return readings
 
 
-_COLLECTOR = GpuCollector()
+#: A registry of its own: the /metrics handler appends it to the multiprocess (or default)
+#: exposition, and NVML is only touched when a scrape asks.
+REGISTRY = CollectorRegistry()
+REGISTRY.register(GpuCollector())
 
 
-def register(registry: CollectorRegistry) -> None:
-    """Add the process-wide GPU collector to `registry` (e.g. the per-scrape multiprocess one)."""
-    registry.register(_COLLECTOR)
+def exposition() -> bytes:
+    """The GPU families in Prometheus text format; empty without a usable GPU."""
+    return generate_latest(REGISTRY)
