@@ -133,6 +133,7 @@ class ModelController:
         self._config_fp: dict[str, tuple] = {}
         self._applied: dict[str, int] = {}
         self._stop = threading.Event()
+        self._adopted = False
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -149,13 +150,7 @@ class ModelController:
 
     def _watch(self) -> None:
         self.registry.wait_loaded()
-        with self._lock:
-            for model in self.registry.models.values():
-                self._config_fp[model.name] = _config_fingerprint(
-                    self.registry.repository / model.name
-                )
-                for mv in model.versions.values():
-                    self._loaded_fp[(model.name, mv.version)] = version_fingerprint(mv.path.parent)
+        self._adopt_initial()
         while not self._stop.wait(self.settings.poll_interval):
             try:
                 if self.settings.mode == "poll":
@@ -165,10 +160,24 @@ class ModelController:
             except Exception:  # the watcher must outlive any one bad scan
                 log.exception("model control: scan failed")
 
+    def _adopt_initial(self) -> None:
+        """Remember the files of what the registry loaded at start, to notice changes later."""
+        with self._lock:
+            if self._adopted:
+                return
+            self._adopted = True
+            for model in self.registry.models.values():
+                self._config_fp[model.name] = _config_fingerprint(
+                    self.registry.repository / model.name
+                )
+                for mv in model.versions.values():
+                    self._loaded_fp[(model.name, mv.version)] = version_fingerprint(mv.path.parent)
+
     # -- poll --------------------------------------------------------------------------------
 
     def poll_once(self) -> None:
         """One rescan: load new or changed versions that have settled, unload removed models."""
+        self._adopt_initial()
         with self._lock:
             root = self.registry.repository
             present = set()
