@@ -27,6 +27,7 @@ LATENCY_BUCKETS = (
     1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 REQUESTS = Counter(
     "tapeserve_requests_total",
@@ -91,8 +92,14 @@ MODEL_READY = Gauge(
 )
 MODEL_LOAD_FAILURES = Counter(
     "tapeserve_model_load_failures_total",
-    "Model version loads that failed (checks, load probe, session, warm-up), per worker.",
+    "Model loads that failed (config, checks, load probe, session, warm-up), per worker.",
     ["model"],
+)
+MODEL_LOAD_DURATION = Histogram(
+    "tapeserve_model_load_duration_seconds",
+    "Time to load a model version until ready (checks, sessions, warm-up), per worker.",
+    ["model", "version"],
+    buckets=LOAD_BUCKETS,
 )
 
 

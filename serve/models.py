@@ -61,6 +61,9 @@ class ModelVersion:
     device: str = ""
     batching: bool = False
     batcher: Batcher | None = None
+    #: Loaded by model control beside a serving version: failing leaves the model serving, so
+    #: it does not fail strict readiness (serve.model_control).
+    update: bool = False
 
     @property
     def max_batch_size(self) -> int:
@@ -158,7 +161,9 @@ class ModelRegistry:
                 for v, path in entry.versions.items()
             }
             self.models[entry.name] = Model(entry.name, entry.config, entry.error, versions)
+            failures = metrics.MODEL_LOAD_FAILURES.labels(entry.name)  # exported as 0 until one
             if entry.error:
+                failures.inc()
                 log.error("model %s is unavailable: %s", entry.name, entry.error)
         thread = threading.Thread(target=self._load_all, name="model-loader", daemon=True)
         thread.start()
@@ -209,6 +214,8 @@ class ModelRegistry:
             log.error("model %s version %s failed to load: %s", mv.name, mv.version, mv.reason)
             return
         mv.state = State.READY
+        elapsed = time.monotonic() - started
+        metrics.MODEL_LOAD_DURATION.labels(mv.name, str(mv.version)).observe(elapsed)
         metrics.MODEL_READY.labels(mv.name, str(mv.version), mv.device).set(1)
         log.info(
             "model %s version %s ready on %s (%s, batching %s) in %.2f s",
@@ -217,7 +224,7 @@ class ModelRegistry:
             mv.device,
             mv.provider,
             f"up to {config.max_batch_size}" if mv.batching else "off",
-            time.monotonic() - started,
+            elapsed,
         )
 
     def _warm_up(self, mv: ModelVersion, sessions: list[runtime.Session]) -> None:
@@ -258,7 +265,8 @@ class ModelRegistry:
 
     def any_failed(self) -> bool:
         return self.error is not None or any(
-            m.state is not State.READY or m.failed_versions() for m in self.models.values()
+            m.state is not State.READY or any(not v.update for v in m.failed_versions())
+            for m in self.models.values()
         )
 
     def ready(self, strict: bool = False) -> bool:
