@@ -20,6 +20,8 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+from serve import gpu_metrics
+
 #: 100 us to 10 s in 1-2.5-5 steps: a batch-1 onnxruntime call of a small model takes ~0.1 ms,
 #: a request through HTTP ~1 ms, a queue under overload seconds; each decade gets 3 buckets.
 LATENCY_BUCKETS = (
@@ -109,12 +111,16 @@ def multiprocess_dir() -> str | None:
 
 
 def render() -> tuple[bytes, str]:
-    """The exposition text of every worker (or this process alone) and its content type."""
+    """The exposition text of every worker (or this process alone) and its content type.
+
+    GPU gauges are read from NVML at scrape time and appended (absent without a GPU).
+    """
     if multiprocess_dir():
         registry = CollectorRegistry()
         _multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    else:
+        registry = REGISTRY
+    return generate_latest(registry) + gpu_metrics.exposition(), CONTENT_TYPE_LATEST
 
 
 def mark_process_dead(pid: int) -> None:
