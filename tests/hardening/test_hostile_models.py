@@ -216,3 +216,54 @@ def test_load_probe_reports_a_session_error(tmp_path: Path) -> None:
     assert not result.ok
     assert result.reason.startswith("failed while creating the inference session")
     assert "Pwn" in result.reason
+
+
+def test_server_refuses_hostile_models_and_keeps_serving_the_others(
+    tmp_path: Path, secret: Path, tapeserve_server
+) -> None:
+    repo = tmp_path / "repo"
+    hostile.write_version(repo, "good", 1, hostile.add_weight_model())
+    expected = {
+        "dotdot": "contains '..'",
+        "absolute": "absolute path",
+        "symlink": "outside the model's version folder",
+        "hardlink": "is a hard link",
+        "oversized": "holds only 16 bytes",
+        "custom": "custom domain 'com.example.evil'",
+        "bomb": "ConstantOfShape",
+        "computed_bomb": "load probe: ran out of memory",
+        "garbage": "not a valid ONNX model",
+    }
+    weights = hostile.add_weight_model
+    hostile.write_version(repo, "dotdot", 1, hostile.point_external(weights(), "../../secret.bin"))
+    hostile.write_version(repo, "absolute", 1, hostile.point_external(weights(), str(secret)))
+    link = hostile.write_version(repo, "symlink", 1, hostile.point_external(weights(), "w.bin"))
+    (link.parent / "w.bin").symlink_to(secret)
+    hard = hostile.write_version(repo, "hardlink", 1, hostile.point_external(weights(), "w.bin"))
+    os.link(secret, hard.parent / "w.bin")
+    big = hostile.point_external(weights(), "w.bin", length=10**12)
+    (hostile.write_version(repo, "oversized", 1, big).parent / "w.bin").write_bytes(
+        hostile.weights_bytes()
+    )
+    hostile.write_version(repo, "custom", 1, hostile.custom_domain_model())
+    hostile.write_version(repo, "bomb", 1, hostile.constant_shape_bomb())
+    hostile.write_version(repo, "computed_bomb", 1, hostile.computed_shape_bomb())
+    (repo / "garbage" / "1").mkdir(parents=True)
+    (repo / "garbage" / "1" / "model.onnx").write_bytes(b"\x0a\xff\xff\xff\x0f" * 20)
+
+    srv = tapeserve_server(repo, workers=2)
+    rows = {row["name"]: row for row in srv.post("/v2/repository/index").json()}
+    assert rows["good"]["state"] == "READY"
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4}]}
+    for name, why in expected.items():
+        assert rows[name]["state"] == "UNAVAILABLE", name
+        assert why in rows[name]["reason"], (name, rows[name]["reason"])
+        refused = srv.post(f"/v2/models/{name}/infer", json=body)
+        assert refused.status_code == 503 and why in refused.json()["error"]
+        good = srv.post("/v2/models/good/infer", json=body)  # the others keep serving
+        assert good.status_code == 200 and good.json()["outputs"][0]["data"] == [0, 1, 2, 3]
+    assert srv.get("/v2/health/live").status_code == 200
+    metrics_text = srv.metrics()
+    for name in expected:
+        assert f'tapeserve_model_load_failures_total{{model="{name}"}} 2.0' in metrics_text
+    assert "Traceback" not in srv.log()
