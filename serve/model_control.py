@@ -308,7 +308,7 @@ class ModelController:
     def _load_version(
         self, name: str, version: int, path: Path, config: ModelConfig
     ) -> ModelVersion:
-        mv = ModelVersion(name, version, path, config)
+        mv = ModelVersion(name, version, path, config, update=True)
         self.registry._load(mv)  # vets, creates sessions, warms up; counts a failure
         return mv
 

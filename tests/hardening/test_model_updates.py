@@ -46,7 +46,7 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> No
         repo,
         workers=2,
         threads=8,
-        extra_args=["--model-control-mode", "poll", "--poll-interval", "0.5"],
+        extra_args=["--model-control-mode", "poll", "--poll-interval", "0.5", "--strict-readiness"],
     )
     stop = threading.Event()
     lock = threading.Lock()
@@ -84,6 +84,7 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> No
         index = srv.post("/v2/repository/index").json()
         metrics_text = srv.metrics()
         status_page = srv.get("/").text
+        ready = srv.get("/v2/health/ready").status_code
     finally:
         stop.set()
         log = srv.log()
@@ -115,6 +116,7 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> No
     assert failures_metric and float(failures_metric.group(1)) >= 1, metrics_text
     assert "UNAVAILABLE" in status_page and "ran out of memory" in status_page
     assert "now serves version(s) [2]" in log
+    assert ready == 200, "a failed update must not take a serving replica out of rotation"
 
 
 def test_half_written_version_waits_until_its_files_stop_changing(tmp_path: Path) -> None:
