@@ -58,7 +58,9 @@ RUN set -eux; \
     mkdir -p /models; \
     chown tapeserve:tapeserve /models
 COPY --from=builder /opt/venv /opt/venv
+# HOME=/tmp: the user has no home, and /tmp is the one writable place on a read-only root.
 ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
     TAPESERVE_MODEL_REPOSITORY=/models \
     TAPESERVE_HOST=0.0.0.0 \
     TAPESERVE_PORT=8000
