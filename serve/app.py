@@ -11,7 +11,7 @@ import sys
 
 from flask import Flask
 
-from serve import admin
+from serve import accesslog, admin
 from serve.api import status, tfserving, v2
 from serve.api.common import Server, register_error_handlers
 from serve.models import ModelRegistry
@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (v2.bp, tfserving.bp, status.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    accesslog.init_app(app, settings.log_level)  # JSON access log lines, X-Request-ID
     admin.init_model_control(app, settings, registry)  # vetting, name guard, admin plane, modes
     logging.getLogger("tapeserve").info(
         "loading models from %s (device %s)", settings.model_repository, settings.device

@@ -13,7 +13,7 @@ import numpy as np
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from serve import metrics
+from serve import accesslog, metrics
 from serve.batcher import DeadlineExceeded, QueueFull
 from serve.models import ModelNotFound, ModelNotReady, ModelRegistry, ModelVersion
 from serve.protocol import jsondata
@@ -111,6 +111,8 @@ def deadline_for(mv: ModelVersion, timeout_us: Any) -> float | None:
 
 def run_model(mv: ModelVersion, feeds: dict[str, np.ndarray], deadline: float | None) -> list:
     """Queue the request on the model's batcher and wait for its outputs (signature order)."""
+    rows = next(iter(feeds.values())).shape[0] if mv.batching and feeds else 1
+    accesslog.annotate(batch_size=rows)
     future = mv.batcher.submit(feeds, deadline)  # type: ignore[union-attr]
     if deadline is None:
         return future.result()
@@ -144,6 +146,8 @@ def observed(protocol: str, handler: Callable[..., Response]) -> Callable[..., R
             metrics.INFLIGHT_REQUESTS.dec()
         mv = ctx.get("mv")
         model, version = (mv.name, str(mv.version)) if mv else ("", "")
+        if mv:
+            accesslog.annotate(model=model, version=version)
         metrics.REQUESTS.labels(model, version, protocol, str(response.status_code)).inc()
         if mv:
             metrics.REQUEST_DURATION.labels(model, version, protocol).observe(
