@@ -7,6 +7,8 @@ only they know (the executed batch size) with `annotate(...)`.
 
 Requests answered with 5xx are logged at WARNING, the rest at INFO, so `--log-level warning`
 (TAPESERVE_LOG_LEVEL) keeps only server-side failures and `error` silences the access log.
+Health probes and Prometheus scrapes, which arrive every few seconds forever (and answer 503
+while models load, by design), are logged at DEBUG only.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 #: An incoming id is kept only if it is a short token of safe characters (uuids, trace ids,
 #: ULIDs, ...); anything else is replaced, so a client cannot inject text into headers or logs.
 _VALID_ID = re.compile(r"[A-Za-z0-9._:+=@/-]{1,128}")
+
+#: Paths of probes and scrapes: logged at DEBUG whatever their status.
+_PROBE_PATHS = ("/v2/health/", "/metrics")
 
 #: view_args keys under which the routes carry the model name and version.
 _MODEL_KEYS = ("model_name", "model", "name")
@@ -85,7 +90,10 @@ def _finish(response: Response) -> Response:
     rid = g.get("request_id") or uuid.uuid4().hex
     response.headers[HEADER] = rid
     status = response.status_code
-    level = logging.WARNING if status >= 500 else logging.INFO
+    if request.path.startswith(_PROBE_PATHS):
+        level = logging.DEBUG
+    else:
+        level = logging.WARNING if status >= 500 else logging.INFO
     if not log.isEnabledFor(level):
         return response
     start = g.get("request_start")

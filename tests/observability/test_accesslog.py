@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 import pytest
 from flask import Flask, abort
@@ -107,3 +108,82 @@ def test_level_comes_from_the_environment(monkeypatch) -> None:
 def test_unknown_level_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="log level must be one of debug|info"):
         accesslog.parse_level("loud")
+
+
+@pytest.mark.slow
+def test_real_server_logs_one_json_line_per_request(tmp_path, tapeserve_server) -> None:
+    from tests.serve.builders import identity, write_model
+
+    write_model(tmp_path, "ident", identity())
+    server = tapeserve_server(tmp_path, workers=2)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 3], "data": [0] * 9}]}
+    ok = server.post("/v2/models/ident/infer", json=body, headers={"X-Request-ID": "trace-42"})
+    tf = server.post("/v1/models/ident:predict", json={"instances": [[1, 2, 3]]})
+    bad = server.post("/v2/models/ident/infer", json={"inputs": []})
+    assert (ok.status_code, tf.status_code, bad.status_code) == (200, 200, 400)
+    assert ok.headers["X-Request-ID"] == "trace-42"
+    ids = {r.headers["X-Request-ID"] for r in (ok, tf, bad)}
+    assert len(ids) == 3
+
+    def entries() -> dict[str, dict]:
+        found = {}
+        for line in server.log().splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                found[entry["request_id"]] = entry
+        return found
+
+    deadline = time.monotonic() + 10
+    while not ids <= entries().keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    logged = entries()
+    first, second, third = (logged[r.headers["X-Request-ID"]] for r in (ok, tf, bad))
+    assert first["path"] == "/v2/models/ident/infer" and first["method"] == "POST"
+    assert (first["model"], first["version"], first["status"], first["batch_size"]) == (
+        "ident", "1", 200, 3,
+    )  # fmt: skip
+    assert (second["model"], second["version"], second["batch_size"]) == ("ident", "1", 1)
+    assert (third["status"], third["model"]) == (400, "ident")
+    assert all(e["latency_ms"] > 0 for e in (first, second, third))
+
+
+@pytest.mark.slow
+def test_real_server_log_level_warning_silences_successful_requests(
+    tmp_path, tapeserve_server
+) -> None:
+    from tests.serve.builders import identity, write_model
+
+    write_model(tmp_path, "ident", identity())
+    write_model(tmp_path, "broken", b"not a model")
+    server = tapeserve_server(tmp_path, extra_args=["--log-level", "warning"])
+    response = server.post("/v1/models/ident:predict", json={"instances": [[1, 2, 3]]})
+    assert response.status_code == 200 and response.headers["X-Request-ID"]
+    assert server.get("/v2/health/ready").status_code == 200
+    failed = server.post("/v1/models/broken:predict", json={"instances": [[1, 2, 3]]})
+    assert failed.status_code == 503
+
+    def logged() -> list[dict]:
+        return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+
+    deadline = time.monotonic() + 10
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # a wrongly logged 200 would have been written by now too
+    assert [(e["status"], e["request_id"]) for e in logged()] == [
+        (503, failed.headers["X-Request-ID"])
+    ]
+
+
+def test_probes_and_scrapes_are_logged_at_debug_only(app_and_log) -> None:
+    app, stream = app_and_log
+
+    @app.get("/v2/health/ready")
+    def ready():
+        return "", 503
+
+    client = app.test_client()
+    client.get("/v2/health/ready")
+    assert stream.getvalue() == ""
+    accesslog.log.setLevel(logging.DEBUG)
+    client.get("/v2/health/ready")
+    assert [(e["status"], e["level"]) for e in _lines(stream)] == [(503, "debug")]

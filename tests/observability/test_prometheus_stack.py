@@ -1,0 +1,199 @@
+"""tapeserve with several Gunicorn workers, scraped by a real Prometheus with the shipped config.
+
+A known number of requests (some failing on purpose) goes in; Prometheus's HTTP API must then
+count exactly that, and every dashboard query and alert expression must evaluate and return data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.observability import prometheus as prom
+from tests.serve.builders import identity, write_model
+from tests.support.server import RunningServer, start_server
+from tests.support.system import require_tool
+
+pytestmark = [pytest.mark.system, pytest.mark.slow]
+
+WORKERS = 3
+V2_BODY = {
+    "inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}]
+}
+BAD_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2]}]}
+
+#: (method path, JSON body, expected status, how many) -> counted as (model, protocol, code).
+TRAFFIC = [
+    ("/v2/models/ident/infer", V2_BODY, 200, 24, ("ident", "v2", "200")),
+    (
+        "/v1/models/ident:predict",
+        {"instances": [[1, 2, 3]]},
+        200,
+        10,
+        ("ident", "tfserving", "200"),
+    ),
+    ("/v2/models/ident/infer", BAD_BODY, 400, 5, ("ident", "v2", "400")),
+    ("/v2/models/missing/infer", V2_BODY, 404, 3, ("", "v2", "404")),
+    ("/v2/models/broken/infer", V2_BODY, 503, 2, ("", "v2", "503")),
+]
+SAMPLES = 24 * 2 + 10 * 1  # rows executed by the model: the 200s only
+
+
+class Stack:
+    def __init__(self, server: RunningServer, prometheus: prom.Prometheus) -> None:
+        self.server, self.prometheus = server, prometheus
+        self.sent: Counter[tuple[str, str, str]] = Counter()
+
+
+def _send(server: RunningServer, stack_sent: Counter, share: float) -> None:
+    """Send `share` of TRAFFIC over fresh connections (spread over the workers), in parallel."""
+    jobs = []
+    for path, body, status, count, key in TRAFFIC:
+        n = round(count * share)
+        jobs += [(path, body, status, key)] * n
+
+    def one(job):
+        path, body, status, key = job
+        response = requests.post(server.url + path, json=body, timeout=30)
+        assert response.status_code == status, (path, response.status_code, response.text)
+        return key
+
+    with ThreadPoolExecutor(4) as pool:
+        stack_sent.update(pool.map(one, jobs))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    binary = require_tool("prometheus")
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "ident", identity())
+    write_model(repo, "broken", b"this is not an ONNX model")
+    server = start_server(repo, workers=WORKERS)
+    try:
+        target = f"127.0.0.1:{server.port}"
+        with prom.run_prometheus(binary, tmp_path_factory.mktemp("prometheus"), target) as p:
+            s = Stack(server, p)
+            # Two halves with a scrape between them, so rates see the counters move.
+            _send(server, s.sent, 0.5)
+            p.wait_for_scrape_after(time.time())
+            _send(server, s.sent, 0.5)
+            p.wait_for_scrape_after(time.time())
+            yield s
+    finally:
+        server.stop()
+
+
+def test_request_counters_sum_exactly_to_what_was_sent(stack: Stack) -> None:
+    p = stack.prometheus
+    assert sum(stack.sent.values()) == sum(row[3] for row in TRAFFIC)
+    counted = {
+        (r["metric"].get("model", ""), r["metric"]["protocol"], r["metric"]["code"]): float(
+            r["value"][1]
+        )
+        for r in p.query(
+            'sum by (model, protocol, code) (tapeserve_requests_total{job="tapeserve"})'
+        )
+    }
+    assert counted == {key: float(n) for key, n in stack.sent.items()}
+    assert p.value('sum(tapeserve_inference_samples_total{job="tapeserve"})') == SAMPLES
+    with_model = sum(n for (model, _, _), n in stack.sent.items() if model)
+    assert p.value('sum(tapeserve_request_duration_seconds_count{job="tapeserve"})') == with_model
+    assert p.value('sum(tapeserve_request_duration_seconds_bucket{le="+Inf"})') == with_model
+
+
+def test_requests_were_served_by_several_workers(stack: Stack) -> None:
+    """Otherwise the exact counts above would not prove the multiprocess merge."""
+    log = stack.server.log()
+    pids = {line.split("] [")[1] for line in log.splitlines() if "ready on cpu" in line}
+    assert len(pids) == WORKERS
+
+
+@pytest.mark.parametrize("title,expr", prom.dashboard_queries())
+def test_every_dashboard_query_evaluates_and_returns_data(
+    stack: Stack, title: str, expr: str
+) -> None:
+    result = stack.prometheus.query(expr)
+    if "GPU" in title and not _server_has_gpu(stack):
+        assert result == [], f"{title}: GPU series must be absent without a GPU, got {result}"
+        return
+    assert result, f"panel {title!r} has no data for this traffic: {expr}"
+
+
+@pytest.mark.parametrize("rule", prom.alert_rules(), ids=lambda r: r["alert"])
+def test_every_alert_expression_evaluates_and_its_signal_returns_data(stack: Stack, rule) -> None:
+    stack.prometheus.query(rule["expr"])  # no error
+    assert stack.prometheus.query(prom.alert_signal(rule["expr"])), rule["expr"]
+
+
+def test_prometheus_evaluates_every_rule_without_error(stack: Stack) -> None:
+    groups = stack.prometheus.api("/api/v1/rules")["groups"]
+    rules = [rule for group in groups for rule in group["rules"]]
+    assert len(rules) == len(prom.alert_rules())
+    for rule in rules:
+        assert rule["health"] in ("ok", "unknown"), (rule["name"], rule.get("lastError"))
+    deadline = time.monotonic() + 10
+    while any(rule["health"] != "ok" for rule in rules) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        groups = stack.prometheus.api("/api/v1/rules")["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+    assert all(rule["health"] == "ok" for rule in rules), rules
+
+
+def test_only_the_broken_model_raises_alerts(stack: Stack) -> None:
+    """The broken model fails to load: load-failure alert fires, not-ready is pending (for: 5m)."""
+    deadline = time.monotonic() + 10
+    while True:
+        alerts = stack.prometheus.api("/api/v1/alerts")["alerts"]
+        states = {(a["labels"]["alertname"], a["labels"].get("model"), a["state"]) for a in alerts}
+        if (
+            "TapeserveModelLoadFailures",
+            "broken",
+            "firing",
+        ) in states or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    firing = {(name, model) for name, model, state in states if state == "firing"}
+    pending = {(name, model) for name, model, state in states if state == "pending"}
+    assert firing == {("TapeserveModelLoadFailures", "broken")}
+    # 503s are counted under the model label the server gave them (empty labels are dropped).
+    models_with_5xx = {model or None for (model, _, code) in stack.sent if code.startswith("5")}
+    assert pending == {("TapeserveModelNotReady", "broken")} | {
+        ("TapeserveHighErrorRatio", model) for model in models_with_5xx
+    }
+
+
+def test_model_readiness_is_reported_per_model(stack: Stack) -> None:
+    ready = {
+        r["metric"]["model"]: float(r["value"][1])
+        for r in stack.prometheus.query('min by (model) (tapeserve_model_ready{job="tapeserve"})')
+    }
+    assert ready == {"ident": 1.0, "broken": 0.0}
+    failures = {
+        r["metric"]["model"]: float(r["value"][1])
+        for r in stack.prometheus.query("tapeserve_model_load_failures_total")
+    }
+    assert failures == {"ident": 0.0, "broken": float(WORKERS)}  # one failed attempt per worker
+
+
+def _server_has_gpu(stack: Stack) -> bool:
+    return "tapeserve_gpu_" in stack.server.metrics()
+
+
+def test_dashboard_error_panels_read_zero_not_no_data(stack: Stack) -> None:
+    """Panels of errors, rejections and load failures fall back to 0 when nothing failed."""
+    titles = [p["title"] for p in prom.dashboard_panels()]
+    guarded = [t for t in titles if any(w in t.lower() for w in ("error", "reject", "failure"))]
+    assert len(guarded) >= 4, titles
+    for panel in prom.dashboard_panels():
+        if panel["title"] in guarded:
+            for target in panel["targets"]:
+                assert "or on() " in target["expr"] and "vector(0)" in target["expr"], panel[
+                    "title"
+                ]
+    # No rejection happened in this traffic, yet the rejection panel has a 0 series.
+    ((title, expr),) = [(t, e) for t, e in prom.dashboard_queries() if "Rejected" in t]
+    assert [float(r["value"][1]) for r in stack.prometheus.query(expr)] == [0.0]
