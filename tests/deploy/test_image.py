@@ -7,6 +7,7 @@ directly on the host, and `podman stop` must drain and exit 0 within the grace p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -162,12 +163,59 @@ def test_image_serves_correct_predictions_and_drains_on_stop(podman, container):
             got = np.asarray(outputs[out_name]["data"]).reshape(outputs[out_name]["shape"])
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
+    # A request whose body is still arriving when SIGTERM lands must still be answered.
+    model, onnx_path = models[0]
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feeds, body = _v2_request(session, batch=2)
+    expected = session.run(None, feeds)
     start = time.monotonic()
-    _run([path, "stop", "-t", str(GRACE_SECONDS), name], env, timeout=GRACE_SECONDS + 60)
+    with _request_in_flight(url, f"/v2/models/{model}/infer", json.dumps(body).encode()) as finish:
+        stop = subprocess.Popen(
+            [path, "stop", "-t", str(GRACE_SECONDS), name],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        time.sleep(2)  # SIGTERM has reached Gunicorn: it is draining now
+        assert stop.poll() is None, "the container exited with a request in flight"
+        status, answer = finish()
+    assert status == 200, answer
+    got = np.asarray(answer["outputs"][0]["data"]).reshape(answer["outputs"][0]["shape"])
+    np.testing.assert_allclose(got, expected[0], rtol=1e-5, atol=1e-6)
+
+    stop_output, _ = stop.communicate(timeout=GRACE_SECONDS + 60)
     stopped_after = time.monotonic() - start
+    assert stop.returncode == 0, stop_output
     state = json.loads(_run([path, "inspect", name], env, timeout=30).stdout)[0]["State"]
     logs = _run([path, "logs", name], env, timeout=60)
     print(f"\npodman stop took {stopped_after:.1f} s, exit code {state['ExitCode']}")
     assert state["ExitCode"] == 0, "Gunicorn must exit 0 after a graceful drain, not be killed"
     assert stopped_after < GRACE_SECONDS
     assert "Handling signal: term" in logs.stdout + logs.stderr
+
+
+@contextlib.contextmanager
+def _request_in_flight(url: str, path: str, body: bytes):
+    """Send the headers and half the body now; the yielded callable sends the rest and returns
+    (status, parsed JSON body)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        half = len(body) // 2
+        sock.sendall(head + body[:half])
+        time.sleep(0.5)  # the worker has taken the connection and is reading the body
+
+        def finish() -> tuple[int, dict]:
+            sock.sendall(body[half:])
+            response = b""
+            while chunk := sock.recv(65536):
+                response += chunk
+            status_line, _, rest = response.partition(b"\r\n")
+            _, _, payload = rest.partition(b"\r\n\r\n")
+            return int(status_line.split()[1]), json.loads(payload)
+
+        yield finish
