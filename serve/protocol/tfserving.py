@@ -129,7 +129,7 @@ def decode_predict(
 def _value(arr: np.ndarray) -> Any:
     """A tensor as nested JSON lists; BYTES as strings, or {"b64": ...} when not UTF-8."""
     if arr.dtype.kind not in "OSU":
-        return arr.tolist()
+        return jsondata.tensor_value(arr, flat=False)
     out = np.empty(arr.size, dtype=object)
     out[:] = [_string(v) for v in arr.reshape(-1)]
     return out.reshape(arr.shape).tolist()
@@ -146,23 +146,24 @@ def _string(value: Any) -> Any:
 
 def encode_predict(outputs: dict[str, np.ndarray], row_format: bool) -> bytes:
     """`{"predictions": [...]}` (row format, one entry per instance) or `{"outputs": ...}`."""
+    arrays = {name: np.asarray(arr) for name, arr in outputs.items()}
+    finite = all(jsondata.is_finite(arr) for arr in arrays.values())
+    values = {name: _value(arr) for name, arr in arrays.items()}
     if not row_format:
-        if len(outputs) == 1:
-            return jsondata.dumps({"outputs": _value(next(iter(outputs.values())))})
-        return jsondata.dumps({"outputs": {n: _value(a) for n, a in outputs.items()}})
-    sizes = {name: (arr.shape[0] if arr.ndim else None) for name, arr in outputs.items()}
+        doc = next(iter(values.values())) if len(values) == 1 else values
+        return jsondata.dumps({"outputs": doc}, finite=finite)
+    sizes = {name: (arr.shape[0] if arr.ndim else None) for name, arr in arrays.items()}
     if None in sizes.values() or len(set(sizes.values())) > 1:
         raise ProtocolError(
             400,
             "row format ('instances') needs every output to share dimension 0 "
             f"(got {sizes}); send the columnar 'inputs' format instead",
         )
-    if len(outputs) == 1:
-        return jsondata.dumps({"predictions": _value(next(iter(outputs.values())))})
-    values = {name: _value(arr) for name, arr in outputs.items()}
+    if len(values) == 1:
+        return jsondata.dumps({"predictions": next(iter(values.values()))}, finite=finite)
     count = next(iter(sizes.values()))
     rows = [{name: value[i] for name, value in values.items()} for i in range(count)]
-    return jsondata.dumps({"predictions": rows})
+    return jsondata.dumps({"predictions": rows}, finite=finite)
 
 
 _STATES = {

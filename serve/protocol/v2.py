@@ -327,13 +327,15 @@ def encode_infer(
     """
     tensors = []
     blobs: list[bytes | memoryview] = []
+    finite = True
     for name, arr, binary in outputs:
         arr = np.asarray(arr)
         datatype = datatype_of(arr.dtype)
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if not binary:
             try:
-                tensor["data"] = jsondata.output_data(arr)
+                tensor["data"] = jsondata.tensor_value(arr, flat=True)
+                finite = finite and jsondata.is_finite(arr)
             except UnicodeDecodeError:
                 binary = True
         if binary:
@@ -345,7 +347,7 @@ def encode_infer(
     if request_id is not None:
         doc["id"] = request_id
     doc["outputs"] = tensors
-    header = jsondata.dumps(doc)
+    header = jsondata.dumps(doc, finite=finite)
     if not blobs:
         return header, {"Content-Type": "application/json"}
     headers = {

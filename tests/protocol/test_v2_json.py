@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from serve.protocol import jsondata
 from serve.protocol.types import ProtocolError, TensorSpec
 from serve.protocol.v2 import (
     decode_infer,
@@ -281,3 +282,27 @@ def test_malformed_json_requests_name_the_problem(body: bytes, status: int, frag
     err = _error(body)
     assert err.status == status
     assert fragment in err.message, err.message
+
+
+def _finite(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind != "f":
+        return arr
+    return np.where(np.isfinite(arr), arr, np.asarray(-2.5, arr.dtype))
+
+
+@pytest.mark.parametrize("datatype", DATATYPES)
+def test_fast_writer_matches_standard_writer(datatype: str) -> None:
+    """Finite outputs take the orjson path; the values read back must equal json's."""
+    arr = _finite(sample(datatype, (4, 3)))
+    fast, _ = encode_infer("m", "1", None, [("y", arr, False)])
+    data = json.loads(fast)["outputs"][0]["data"]
+    standard = json.loads(jsondata.dumps(jsondata.output_data(arr)))
+    if datatype == "BYTES":
+        assert data == standard
+    else:
+        want = np.asarray(standard, dtype=arr.dtype)
+        assert np.asarray(data, dtype=arr.dtype).tobytes() == want.tobytes()
+    if datatype == "FP32":
+        assert b"0.1," in fast  # shortest float32 text: the fast writer was used
+    req = decode_infer(_body(_tensor("y", datatype, [4, 3], data)), None)
+    assert_same(req.inputs[0].data, arr)
