@@ -133,6 +133,24 @@ def _specs(args: list) -> list[TensorSpec]:
     return specs
 
 
+def _as_text(name: str, arr: np.ndarray) -> np.ndarray:
+    """ORT string tensors hold UTF-8 text and would store `bytes` as their repr: decode them."""
+    flat = arr.ravel()
+    out = np.empty(flat.shape, dtype=object)
+    for i, value in enumerate(flat):
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise InferenceError(
+                    f"input '{name}': element {i} is not valid UTF-8; onnxruntime string "
+                    "tensors hold text",
+                    400,
+                ) from None
+        out[i] = value
+    return out.reshape(arr.shape)
+
+
 @dataclass
 class Session:
     """A loaded model: the ORT session, its signature and where it really runs."""
@@ -143,8 +161,14 @@ class Session:
     provider: str
     device: str
 
+    def __post_init__(self) -> None:
+        self._string_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output, in signature order; releases the GIL while ORT computes."""
+        for name in self._string_inputs:
+            if name in feeds:
+                feeds = {**feeds, name: _as_text(name, feeds[name])}
         try:
             return self.inference.run(None, feeds)
         except _INVALID_ARGUMENT as exc:

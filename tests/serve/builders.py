@@ -84,19 +84,46 @@ def mlp(sizes: tuple[int, ...] = (784, 512, 512, 10), seed: int = 0) -> onnx.Mod
     return _model(nodes, [_fp32("x", ["N", sizes[0]])], [_fp32("y", ["N", sizes[-1]])], inits)
 
 
-def slow_identity(loops: int = 3000) -> onnx.ModelProto:
-    """x [N, 64] -> y: a chain of MatMuls (identity weights) slow enough to keep the runner busy."""
-    eye = numpy_helper.from_array(np.eye(64, dtype=np.float32), "eye")
-    nodes, prev = [], "x"
-    for i in range(loops):
-        out = "y" if i == loops - 1 else f"t{i}"
-        nodes.append(helper.make_node("MatMul", [prev, "eye"], [out]))
-        prev = out
+def lookup(size: int = 3) -> onnx.ModelProto:
+    """i: INT64 [N] -> y = table[i]: an index out of range fails inside onnxruntime."""
+    table = numpy_helper.from_array(np.arange(size, dtype=np.float32), "table")
+    return _model(
+        [helper.make_node("Gather", ["table", "i"], ["y"])],
+        [helper.make_tensor_value_info("i", TensorProto.INT64, ["N"])],
+        [_fp32("y", ["N"])],
+        [table],
+    )
+
+
+def busy(width: int = 256, layers: int = 4) -> onnx.ModelProto:
+    """n: INT64 [1] -> y: FP32 [1, 1]; runs `layers` MatMuls over an [n, width] matrix of ones.
+
+    The work grows with the value of `n`, so a test can keep the runner busy for as long as it
+    needs with a tiny request (queue-full and deadline tests). Its first dimension is fixed, so
+    it is served without batching.
+    """
+    rng = np.random.default_rng(1)
+    w = numpy_helper.from_array(
+        (rng.normal(0, 1 / np.sqrt(width), (width, width))).astype(np.float32), "w"
+    )
+    nodes = [
+        helper.make_node("Concat", ["n", "width"], ["shape"], axis=0),
+        helper.make_node(
+            "ConstantOfShape",
+            ["shape"],
+            ["h0"],
+            value=numpy_helper.from_array(np.ones(1, np.float32)),
+        ),
+    ]
+    for i in range(layers):
+        nodes.append(helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("ReduceSum", [f"h{layers}"], ["y"], keepdims=1))
+    width_const = numpy_helper.from_array(np.array([width], np.int64), "width")
     return _model(
         nodes,
-        [_fp32("x", ["N", 64])],
-        [_fp32("y", ["N", 64])],
-        [eye],
+        [helper.make_tensor_value_info("n", TensorProto.INT64, [1])],
+        [_fp32("y", [1, 1])],
+        [w, width_const],
     )
 
 

@@ -105,6 +105,7 @@ def start_server(
     scratch = Path(tempfile.mkdtemp(prefix="tapeserve-test-"))
     log_path = scratch / "server.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("TAPESERVE_")}
+    (scratch / "metrics").mkdir()
     child_env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
     child_env.update(env or {})
     argv = [
