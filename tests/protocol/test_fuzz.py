@@ -11,13 +11,15 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve.protocol.binary import element_count
+from serve.protocol.binary import element_count, tensor_bytes
 from serve.protocol.datatypes import V2_DATATYPES, V2_TO_NUMPY
 from serve.protocol.encoding import decode_body
+from serve.protocol.jsondata import output_data
 from serve.protocol.tfserving import decode_predict
 from serve.protocol.types import InferRequest, ProtocolError, TensorSpec
 from serve.protocol.v2 import decode_infer
 from serve.protocol.validate import validate_request
+from tests.protocol.samples import assert_same, sample
 
 FUZZ = settings(
     max_examples=300,
@@ -37,12 +39,12 @@ json_values = st.recursive(
     lambda inner: (
         st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
     ),
-    max_leaves=40,
+    max_leaves=12,
 )
 datatypes = st.sampled_from([*V2_DATATYPES, "fp32", "FLOAT"]) | st.text(max_size=5)
 shapes = st.lists(st.integers(min_value=-2, max_value=5), max_size=4) | json_values
 nested_data = st.recursive(
-    scalars, lambda inner: st.lists(inner, min_size=0, max_size=5), max_leaves=30
+    scalars, lambda inner: st.lists(inner, min_size=0, max_size=5), max_leaves=16
 )
 parameters = st.fixed_dictionaries(
     {},
@@ -208,3 +210,52 @@ def test_decode_body_arbitrary_input(payload, coding, wrap, cut, flip, mangle, l
         assert exc.status in (400, 413, 415) and exc.message
         return
     assert len(out) <= limit
+
+
+def _valid_body(datatype: str, shape: tuple[int, ...], binary: bool) -> tuple[dict, bytes]:
+    arr = sample(datatype, shape)
+    tensor: dict = {"name": "x", "datatype": datatype, "shape": list(shape)}
+    blob = b""
+    if binary:
+        blob = bytes(tensor_bytes(arr, datatype))
+        tensor["parameters"] = {"binary_data_size": len(blob)}
+    else:
+        tensor["data"] = output_data(arr)
+    return {"id": "1", "inputs": [tensor], "outputs": [{"name": "y"}]}, blob
+
+
+@FUZZ
+@given(
+    datatype=st.sampled_from(list(V2_TO_NUMPY)),
+    shape=st.lists(st.integers(min_value=0, max_value=3), max_size=3).map(tuple),
+    binary=st.booleans(),
+    mutation=st.sampled_from(["none", "field", "header", "flip", "truncate", "extend"]),
+    field=st.sampled_from(["name", "datatype", "shape", "data", "parameters", "id"]),
+    value=json_values,
+    position=st.integers(min_value=0, max_value=10**6),
+    delta=st.integers(min_value=-8, max_value=8),
+)
+def test_decode_infer_mutated_valid_requests(
+    datatype, shape, binary, mutation, field, value, position, delta
+) -> None:
+    """Start from a valid request (JSON or binary) and break one thing in it."""
+    doc, blob = _valid_body(datatype, shape, binary)
+    if mutation == "field":
+        (doc if field == "id" else doc["inputs"][0])[field] = value
+    header = json.dumps(doc).encode()
+    body, length = header + blob, len(header) if binary else None
+    if mutation == "header":
+        length = max(0, (length or len(body)) + delta)
+    elif mutation == "flip" and body:
+        flipped = bytearray(body)
+        flipped[position % len(body)] ^= 1 << (position % 8)
+        body = bytes(flipped)
+    elif mutation == "truncate":
+        body = body[: position % (len(body) + 1)]
+    elif mutation == "extend":
+        body += bytes(abs(delta) + 1)
+    if mutation == "none":
+        req = decode_infer(body, length)
+        assert_same(req.inputs[0].data, sample(datatype, shape))
+        return
+    _decode_infer(body, length, model=[TensorSpec("x", datatype, tuple(-1 for _ in shape))])
