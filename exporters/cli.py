@@ -107,3 +107,7 @@ def export(checkpoint: Path, **options: object) -> None:
     if not result.ok:
         raise click.ClickException("verification failed: the model was not written")
     click.echo(f"wrote {result.path} (version {result.version})")
+
+
+if __name__ == "__main__":
+    export()

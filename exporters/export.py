@@ -140,12 +140,19 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     )
 
 
+def dataset_key(text: str | None) -> str | None:
+    """The bundled dataset a name or a checkpoint's dataset description refers to."""
+    if text and (text == "digits" or "load_digits" in text):
+        return "digits"
+    return None
+
+
 def dataset_samples(
     name: str, input_shape: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(held-out x, held-out y, train x for calibration) of a bundled dataset, shaped as the
     model's input."""
-    if name != "digits":
+    if dataset_key(name) is None:
         raise ExportError(f"unknown dataset {name!r}; bundled datasets: digits")
     from engine.datasets import load_digits
 
@@ -207,7 +214,7 @@ def export_to_repository(
     if example_batch < 2:
         raise ExportError("the example batch must be 2 or more")
     rng = np.random.default_rng(seed)
-    dataset = dataset or checkpoint.dataset
+    dataset = dataset or dataset_key(checkpoint.dataset)
     samples = labels = calibration = None
     if dataset:
         samples, labels, calibration = dataset_samples(dataset, shape)

@@ -94,9 +94,8 @@ class LoweringContext:
 
 
 def _engine():
-    import engine.tracing
-
     import engine
+    import engine.tracing
 
     return engine
 
