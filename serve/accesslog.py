@@ -112,6 +112,7 @@ def _finish(response: Response) -> Response:
         "latency_ms": None if start is None else round((time.perf_counter() - start) * 1e3, 3),
         "batch_size": None,
         "remote_addr": request.remote_addr,
+        "pid": os.getpid(),  # the Gunicorn worker that answered
     }
     entry.update(g.get("access_fields", {}))
     log.log(level, json.dumps(entry, separators=(",", ":"), default=str))
