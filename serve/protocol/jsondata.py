@@ -125,10 +125,7 @@ def numeric_array(data: Any, datatype: str, what: str) -> np.ndarray:
     objects are rejected with the offending value named.
     """
     dtype = V2_TO_NUMPY[datatype]
-    try:
-        arr = np.asarray(data)
-    except (ValueError, TypeError, RecursionError):
-        raise ProtocolError(400, f"{what}: data is not a rectangular array") from None
+    arr = _checked(np.asarray, data, what)
     kind = arr.dtype.kind
     if arr.size == 0:
         return np.empty(arr.shape, dtype)
@@ -161,12 +158,24 @@ def _expected(datatype: str) -> str:
     return "integers" if datatype in _INT_LIMITS else "numbers"
 
 
+#: Deepest nesting of tensor data (numpy itself stops at 64, parts of it at 32).
+MAX_DEPTH = 32
+
+
+def _checked(convert, data: Any, what: str, **kw: Any) -> np.ndarray:
+    """np.asarray-like conversion with numpy's complaints turned into a 400."""
+    try:
+        arr = convert(data, **kw)
+    except (ValueError, TypeError, RecursionError, RuntimeError):
+        raise ProtocolError(400, f"{what}: data is not a rectangular array") from None
+    if arr.ndim > MAX_DEPTH:
+        raise ProtocolError(400, f"{what}: data is nested deeper than {MAX_DEPTH} levels")
+    return arr
+
+
 def _objects(data: Any, what: str) -> np.ndarray:
     """The data as an object array (nested lists kept as elements when ragged)."""
-    try:
-        return np.asarray(data, dtype=object)
-    except (ValueError, TypeError, RecursionError):
-        raise ProtocolError(400, f"{what}: data is not a rectangular array") from None
+    return _checked(np.asarray, data, what, dtype=object)
 
 
 def _integer_array(arr: np.ndarray, data: Any, datatype: str, what: str) -> np.ndarray:

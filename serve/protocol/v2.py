@@ -26,7 +26,7 @@ from serve.protocol.types import (
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
 MAX_RANK = 32
-_MAX_DIM = 2**62
+_MAX_EXTENT = 2**48  # elements; far beyond any body size limit
 _UNSUPPORTED_PARAMETERS = {
     "shared_memory_region": "shared memory",
     "classification": "classification",
@@ -146,11 +146,15 @@ def _shape(value: Any, what: str) -> tuple[int, ...]:
         raise ProtocolError(400, f"{what}: 'shape' must be an array of integers")
     if len(value) > MAX_RANK:
         raise ProtocolError(400, f"{what}: rank {len(value)} exceeds the limit of {MAX_RANK}")
+    extent = 1  # the size numpy needs to represent the shape, zero dimensions aside
     for dim in value:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 or dim > _MAX_DIM:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
             raise ProtocolError(
                 400, f"{what}: 'shape' must hold non-negative integers, got {fmt_shape(value)}"
             )
+        extent *= max(dim, 1)
+        if extent > _MAX_EXTENT:
+            raise ProtocolError(400, f"{what}: shape {fmt_shape(value)} is too large")
     return tuple(value)
 
 

@@ -42,7 +42,8 @@ json_values = st.recursive(
     max_leaves=12,
 )
 datatypes = st.sampled_from([*V2_DATATYPES, "fp32", "FLOAT"]) | st.text(max_size=5)
-shapes = st.lists(st.integers(min_value=-2, max_value=5), max_size=4) | json_values
+dims = st.integers(min_value=-2, max_value=5) | st.sampled_from([2**31, 2**40, 2**62, 2**64])
+shapes = st.lists(dims, max_size=4) | json_values
 nested_data = st.recursive(
     scalars, lambda inner: st.lists(inner, min_size=0, max_size=5), max_leaves=16
 )

@@ -177,6 +177,13 @@ ERRORS = [
     (_body(_tensor(shape=[1.5])), 400, "'shape' must hold non-negative integers"),
     (_body(_tensor(shape=[True, 2])), 400, "'shape' must hold non-negative integers"),
     (_body(_tensor(shape=[1] * 33, data=[1])), 400, "rank 33 exceeds the limit of 32"),
+    (_body(_tensor(shape=[2**62, 0], data=[])), 400, "shape [4611686018427387904, 0] is too large"),
+    (_body(_tensor(shape=[1], data=json.loads("[" * 40 + "1" + "]" * 40))), 400, "deeper than 32"),
+    (
+        _body(_tensor(datatype="BYTES", shape=[1], data=json.loads("[" * 70 + '"a"' + "]" * 70))),
+        400,
+        "deeper than 32",
+    ),
     (_body({"name": "x", "datatype": "FP32", "shape": [1]}), 400, "needs 'data' or 'parameters'"),
     (_body({**_tensor(), "data": 5}), 400, "'data' must be an array, got a number"),
     (_body(_tensor(data=[1, 2, 3])), 400, "'data' has 3 elements, shape [2] needs 2"),
