@@ -8,6 +8,7 @@ PROMETHEUS_MULTIPROC_DIR is set (fresh) by serve.gunicorn_conf before any worker
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
 )
 from prometheus_client import multiprocess as _multiprocess
@@ -110,16 +112,39 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render() -> tuple[bytes, str]:
+#: Gauges that describe a model version as served now. prometheus_client cannot remove a
+#: labelled value in multiprocess mode, so the series of versions that are gone (retired by a
+#: newer one, unloaded, deleted from the repository) are dropped when /metrics is rendered.
+VERSION_GAUGES = ("tapeserve_model_ready", "tapeserve_queue_depth")
+
+
+class _CurrentVersionsOnly:
+    """Wraps a collector; keeps VERSION_GAUGES samples only for (model, version) in `current`."""
+
+    def __init__(self, source, current: Collection[tuple[str, str]]) -> None:
+        self.source, self.current = source, current
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self.source.collect():
+            if family.name in VERSION_GAUGES:
+                family.samples = [
+                    s
+                    for s in family.samples
+                    if (s.labels.get("model"), s.labels.get("version")) in self.current
+                ]
+            yield family
+
+
+def render(current: Collection[tuple[str, str]] | None = None) -> tuple[bytes, str]:
     """The exposition text of every worker (or this process alone) and its content type.
 
-    GPU gauges are read from NVML at scrape time and appended (absent without a GPU).
+    `current`: the (model, version) pairs in the repository now; readiness and queue-depth
+    series of other versions are left out. GPU gauges are read from NVML at scrape time and
+    appended (absent without a GPU).
     """
-    if multiprocess_dir():
-        registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)
-    else:
-        registry = REGISTRY
+    source = _multiprocess.MultiProcessCollector(None) if multiprocess_dir() else REGISTRY
+    registry = CollectorRegistry()
+    registry.register(source if current is None else _CurrentVersionsOnly(source, current))
     return generate_latest(registry) + gpu_metrics.exposition(), CONTENT_TYPE_LATEST
 
 

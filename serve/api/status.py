@@ -40,7 +40,8 @@ def status_page() -> str:
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    body, content_type = metrics.render()
+    models = server().registry.models.values()
+    body, content_type = metrics.render({(m.name, str(v)) for m in models for v in m.versions})
     return Response(body, 200, {"Content-Type": content_type})
 
 
