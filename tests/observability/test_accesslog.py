@@ -111,43 +111,6 @@ def test_unknown_level_is_a_clear_error() -> None:
 
 
 @pytest.mark.slow
-def test_real_server_logs_one_json_line_per_request(tmp_path, tapeserve_server) -> None:
-    from tests.serve.builders import identity, write_model
-
-    write_model(tmp_path, "ident", identity())
-    server = tapeserve_server(tmp_path, workers=2)
-    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [3, 3], "data": [0] * 9}]}
-    ok = server.post("/v2/models/ident/infer", json=body, headers={"X-Request-ID": "trace-42"})
-    tf = server.post("/v1/models/ident:predict", json={"instances": [[1, 2, 3]]})
-    bad = server.post("/v2/models/ident/infer", json={"inputs": []})
-    assert (ok.status_code, tf.status_code, bad.status_code) == (200, 200, 400)
-    assert ok.headers["X-Request-ID"] == "trace-42"
-    ids = {r.headers["X-Request-ID"] for r in (ok, tf, bad)}
-    assert len(ids) == 3
-
-    def entries() -> dict[str, dict]:
-        found = {}
-        for line in server.log().splitlines():
-            if line.startswith("{"):
-                entry = json.loads(line)
-                found[entry["request_id"]] = entry
-        return found
-
-    deadline = time.monotonic() + 10
-    while not ids <= entries().keys() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    logged = entries()
-    first, second, third = (logged[r.headers["X-Request-ID"]] for r in (ok, tf, bad))
-    assert first["path"] == "/v2/models/ident/infer" and first["method"] == "POST"
-    assert (first["model"], first["version"], first["status"], first["batch_size"]) == (
-        "ident", "1", 200, 3,
-    )  # fmt: skip
-    assert (second["model"], second["version"], second["batch_size"]) == ("ident", "1", 1)
-    assert (third["status"], third["model"]) == (400, "ident")
-    assert all(e["latency_ms"] > 0 for e in (first, second, third))
-
-
-@pytest.mark.slow
 def test_real_server_log_level_warning_silences_successful_requests(
     tmp_path, tapeserve_server
 ) -> None:

@@ -27,19 +27,20 @@ V2_BODY = {
 }
 BAD_BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2]}]}
 
-#: (method path, JSON body, expected status, how many) -> counted as (model, protocol, code).
+#: (path, JSON body, expected status, how many, counted as (model, protocol, code), rows run).
 TRAFFIC = [
-    ("/v2/models/ident/infer", V2_BODY, 200, 24, ("ident", "v2", "200")),
+    ("/v2/models/ident/infer", V2_BODY, 200, 24, ("ident", "v2", "200"), 2),
     (
         "/v1/models/ident:predict",
         {"instances": [[1, 2, 3]]},
         200,
         10,
         ("ident", "tfserving", "200"),
+        1,
     ),
-    ("/v2/models/ident/infer", BAD_BODY, 400, 5, ("ident", "v2", "400")),
-    ("/v2/models/missing/infer", V2_BODY, 404, 3, ("", "v2", "404")),
-    ("/v2/models/broken/infer", V2_BODY, 503, 2, ("", "v2", "503")),
+    ("/v2/models/ident/infer", BAD_BODY, 400, 5, ("ident", "v2", "400"), None),
+    ("/v2/models/missing/infer", V2_BODY, 404, 3, ("", "v2", "404"), None),
+    ("/v2/models/broken/infer", V2_BODY, 503, 2, ("", "v2", "503"), None),
 ]
 SAMPLES = 24 * 2 + 10 * 1  # rows executed by the model: the 200s only
 
@@ -48,23 +49,30 @@ class Stack:
     def __init__(self, server: RunningServer, prometheus: prom.Prometheus) -> None:
         self.server, self.prometheus = server, prometheus
         self.sent: Counter[tuple[str, str, str]] = Counter()
+        #: X-Request-ID -> (path, status, rows) of every request sent
+        self.requests: dict[str, tuple[str, int, int | None]] = {}
 
 
-def _send(server: RunningServer, stack_sent: Counter, half: int) -> None:
+def _send(stack: Stack, half: int) -> None:
     """Send half 0 or 1 of TRAFFIC over fresh connections (spread over the workers), in parallel."""
     jobs = []
-    for path, body, status, count, key in TRAFFIC:
+    for path, body, status, count, key, rows in TRAFFIC:
         n = count // 2 if half == 0 else count - count // 2
-        jobs += [(path, body, status, key)] * n
+        jobs += [(path, body, status, key, rows)] * n
 
-    def one(job):
-        path, body, status, key = job
-        response = requests.post(server.url + path, json=body, timeout=30)
+    def one(numbered):
+        i, (path, body, status, key, rows) = numbered
+        rid = f"stack-{half}-{i}"
+        response = requests.post(
+            stack.server.url + path, json=body, headers={"X-Request-ID": rid}, timeout=30
+        )
         assert response.status_code == status, (path, response.status_code, response.text)
+        assert response.headers["X-Request-ID"] == rid
+        stack.requests[rid] = (path, status, rows)
         return key
 
     with ThreadPoolExecutor(4) as pool:
-        stack_sent.update(pool.map(one, jobs))
+        stack.sent.update(pool.map(one, enumerate(jobs)))
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +87,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         with prom.run_prometheus(binary, tmp_path_factory.mktemp("prometheus"), target) as p:
             s = Stack(server, p)
             # Two halves with a scrape between them, so rates see the counters move.
-            _send(server, s.sent, 0)
+            _send(s, 0)
             p.wait_for_scrape_after(time.time())
-            _send(server, s.sent, 1)
+            _send(s, 1)
             p.wait_for_scrape_after(time.time())
             yield s
     finally:
@@ -90,7 +98,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
 
 def test_request_counters_sum_exactly_to_what_was_sent(stack: Stack) -> None:
     p = stack.prometheus
-    assert stack.sent == Counter({key: n for _, _, _, n, key in TRAFFIC})
+    assert stack.sent == Counter({key: n for _, _, _, n, key, _ in TRAFFIC})
     counted = {
         (r["metric"].get("model", ""), r["metric"]["protocol"], r["metric"]["code"]): float(
             r["value"][1]
@@ -106,11 +114,25 @@ def test_request_counters_sum_exactly_to_what_was_sent(stack: Stack) -> None:
     assert p.value('sum(tapeserve_request_duration_seconds_bucket{le="+Inf"})') == with_model
 
 
+def _access_log(stack: Stack) -> list[dict]:
+    return [json.loads(line) for line in stack.server.log().splitlines() if line.startswith("{")]
+
+
+def test_access_log_has_one_line_per_request_with_its_fields(stack: Stack) -> None:
+    inference = [e for e in _access_log(stack) if e["request_id"].startswith("stack-")]
+    assert sorted(e["request_id"] for e in inference) == sorted(stack.requests)
+    for entry in inference:
+        path, status, rows = stack.requests[entry["request_id"]]
+        model = path.split("/")[3].split(":")[0]
+        assert (entry["method"], entry["path"], entry["status"]) == ("POST", path, status)
+        assert (entry["model"], entry["batch_size"]) == (model, rows), entry
+        assert entry["version"] == ("1" if status in (200, 400) else None), entry
+        assert entry["latency_ms"] > 0 and entry["time"].endswith("Z")
+
+
 def test_requests_were_served_by_several_workers(stack: Stack) -> None:
     """Otherwise the exact counts above would not prove the multiprocess merge."""
-    lines = [json.loads(line) for line in stack.server.log().splitlines() if line.startswith("{")]
-    inference = [e for e in lines if e["path"].startswith(("/v2/models/", "/v1/models/"))]
-    assert len(inference) == sum(stack.sent.values())
+    inference = [e for e in _access_log(stack) if e["request_id"].startswith("stack-")]
     assert len({e["pid"] for e in inference}) >= 2
 
 
