@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 
+from serve.runtime import DeviceError, check_device
 from serve.settings import Settings
 
-_settings = Settings.from_env()
+try:
+    _settings = Settings.from_env()
+    check_device(_settings.device)
+except (ValueError, DeviceError) as exc:
+    sys.exit(f"tapeserve: {exc}")
 os.environ.update(_settings.to_env())  # workers read the same settings, defaults resolved
 
 # Multiprocess metrics: set before prometheus_client is imported anywhere (it reads it once).

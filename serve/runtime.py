@@ -84,6 +84,23 @@ def gpu_device_visible() -> bool:
     return any(dev.glob("nvidia[0-9]*")) or (dev / "dxg").exists()
 
 
+def check_device(device: str) -> None:
+    """Refuse `cuda`/`cuda:N` up front when no GPU or no CUDA provider exists (no CUDA init).
+
+    Called in the Gunicorn master, so a server asked for a GPU it cannot have fails at once
+    instead of starting workers whose models all fail.
+    """
+    if not device.startswith("cuda"):
+        return
+    if not gpu_device_visible():
+        raise DeviceError(f"device {device!r} requested but no NVIDIA GPU device is visible")
+    if CUDA not in ort.get_available_providers():
+        raise DeviceError(
+            f"device {device!r} requested but this onnxruntime build has no CUDA provider "
+            f"(available: {', '.join(ort.get_available_providers())})"
+        )
+
+
 def _fall_back_to_cpu(why: str) -> None:
     """Remember (per worker) that `auto` runs on CPU, and say so once in the log."""
     global _cuda_failed_in_auto

@@ -95,6 +95,18 @@ def lookup(size: int = 3) -> onnx.ModelProto:
     )
 
 
+def counter() -> onnx.ModelProto:
+    """delta: INT64 scalar -> y = Range(0, 10, delta); zeros (delta 0) fail inside onnxruntime."""
+    start = numpy_helper.from_array(np.array(0, np.int64), "start")
+    limit = numpy_helper.from_array(np.array(10, np.int64), "limit")
+    return _model(
+        [helper.make_node("Range", ["start", "limit", "delta"], ["y"])],
+        [helper.make_tensor_value_info("delta", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["M"])],
+        [start, limit],
+    )
+
+
 def busy(width: int = 256, layers: int = 4) -> onnx.ModelProto:
     """n: INT64 [1] -> y: FP32 [1, 1]; runs `layers` MatMuls over an [n, width] matrix of ones.
 

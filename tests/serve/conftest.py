@@ -28,6 +28,10 @@ def build_repository(root: Path) -> Path:
     builders.write_model(
         root, "versions", builders.add_mul(), version=2, config={"version_policy": {"all": True}}
     )
+    builders.write_model(
+        root, "delayed", builders.mlp((16, 32, 8)), config={"max_queue_delay_ms": 300}
+    )
+    builders.write_model(root, "on_cuda", builders.identity(), config={"device": "cuda"})
     builders.write_model(root, "broken", b"this is not an onnx model")
     builders.write_model(root, "badconfig", builders.identity(), config={"max_batch_size": "8"})
     builders.write_model(

@@ -1,0 +1,58 @@
+"""Prometheus metrics across several Gunicorn workers (multiprocess mode)."""
+
+from __future__ import annotations
+
+import requests
+
+from tests.serve.test_batching import metric
+
+N = 40
+
+
+def test_scrape_counts_exactly_n_requests_across_workers(tapeserve_server, repository) -> None:
+    srv = tapeserve_server(repository, workers=2, threads=4)
+    body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+    for _ in range(N):
+        # a new connection each time, so the kernel spreads requests over both workers
+        response = requests.post(f"{srv.url}/v2/models/mlp/infer", json=body, timeout=30)
+        assert response.status_code == 200
+    text = srv.metrics()
+    requests_ok = 'tapeserve_requests_total{code="200",model="mlp",protocol="v2",version="1"}'
+    line = next(line for line in text.splitlines() if line.startswith(requests_ok))
+    assert float(line.rsplit(" ", 1)[1]) == N
+    assert metric(text, "tapeserve_inference_samples_total", "mlp") == N
+    duration = 'tapeserve_request_duration_seconds_count{model="mlp",protocol="v2",version="1"}'
+    assert f"{duration} {float(N)}" in text
+    ready = 'tapeserve_model_ready{device="cpu",model="mlp",version="1"} 1.0'
+    assert ready in text  # livemin over both workers: ready in each
+    assert "tapeserve_inflight_requests 0.0" in text
+    for name in (
+        "tapeserve_queue_duration_seconds_bucket",
+        "tapeserve_compute_duration_seconds_bucket",
+        "tapeserve_batch_size_bucket",
+        "tapeserve_queue_depth",
+    ):
+        assert f"{name}{{" in text
+
+
+def test_metric_names_contract(server) -> None:
+    """Every name issue 2 promises is exposed once used (rejections: see test_errors)."""
+    server.post("/v2/models/mlp/infer", json={"inputs": [{"name": "x", "shape": [1, 16],
+                "datatype": "FP32", "data": [0] * 16}]})  # fmt: skip
+    text = server.metrics()
+    for expected in (
+        "# TYPE tapeserve_requests_total counter",
+        "# TYPE tapeserve_request_duration_seconds histogram",
+        "# TYPE tapeserve_queue_duration_seconds histogram",
+        "# TYPE tapeserve_compute_duration_seconds histogram",
+        "# TYPE tapeserve_batch_size histogram",
+        "# TYPE tapeserve_inference_samples_total counter",
+        "# TYPE tapeserve_inference_batches_total counter",
+        "# TYPE tapeserve_queue_depth gauge",
+        "# TYPE tapeserve_inflight_requests gauge",
+        "# TYPE tapeserve_model_ready gauge",
+        'tapeserve_model_ready{device="cpu",model="mlp",version="1"} 1.0',
+        'tapeserve_request_duration_seconds_bucket{le="0.005",model="mlp",protocol="v2"',
+    ):
+        assert expected in text, expected
+    assert 'tapeserve_model_ready{device="' in text and 'model="broken",version="1"} 0.0' in text
