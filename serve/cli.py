@@ -113,6 +113,7 @@ def serve(model_repository: Path | None, **options: object) -> None:
     os.execv(argv[0], argv)
 
 
+main.add_command(__import__("engine.cli", fromlist=["train"]).train)
 main.add_command(__import__("exporters.cli", fromlist=["export"]).export)
 
 if __name__ == "__main__":
