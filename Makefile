@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint format clean
+.PHONY: install serve test lint format clean demo-model
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,14 @@ install: $(STAMP)
 
 serve: $(STAMP)
 	$(BIN)/tapeserve serve
+
+# The bundled demo model: the digits CNN trained with a fixed seed, exported, verified on the
+# held-out split and written to examples/models/digits/ (the file is committed; see docs/export.md).
+DEMO_SEED := 0
+demo-model: $(STAMP)
+	$(BIN)/tapeserve train digits-cnn --seed $(DEMO_SEED) --out build/demo/digits-cnn --no-progress
+	$(BIN)/tapeserve export build/demo/digits-cnn --repository examples/models --name digits \
+	  --version 1 --overwrite --max-batch-size 64
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,6 +28,8 @@ from exporters.verify import DEFAULT_RTOL, Report, verify_parity, verify_quantiz
 DEFAULT_OPSET = 17
 MODEL_FILE = "model.onnx"
 LABELS_FILE = "labels.txt"
+# Checkpoint meta keys copied into the model's "training" metadata (how to reproduce it).
+TRAINING_KEYS = ("recipe", "seed", "epochs", "test_accuracy")
 
 
 def tapeserve_version() -> str:
@@ -228,6 +230,9 @@ def export_to_repository(
         metadata["labels"] = json.dumps(checkpoint.labels)
     if checkpoint.input_description:
         metadata["input_description"] = checkpoint.input_description
+    training = {k: checkpoint.extra[k] for k in TRAINING_KEYS if k in checkpoint.extra}
+    if training:
+        metadata["training"] = json.dumps(training)
     proto, done = export_model(checkpoint.model, example, opset=opset, metadata=metadata)
     model_bytes = proto.SerializeToString()
 
