@@ -3,11 +3,12 @@
 A tiny ONNX file can demand many GiB at session creation (a ConstantOfShape of a giant shape), and
 fuzzed models have crashed onnxruntime outright. Loading such a model inside a serving worker would
 take the worker (and every request it holds) down. So each new model version is first loaded in a
-child forked from a clean fork server (multiprocessing "forkserver": onnxruntime imported, no
-session, no thread pools of a worker), which caps its own address space with RLIMIT_AS, creates
-the InferenceSession with one thread, runs one warm-up inference on synthesized inputs and sends a
-verdict. The parent enforces a time limit. A crash (signal), an allocation failure or a timeout
-becomes a `ProbeResult` with a reason; nothing of it is inherited by the caller.
+child forked from a small helper process (`python -m serve.load_probe --serve`: onnxruntime
+imported, no session, none of a worker's ORT thread pools). The child caps its own address space
+with RLIMIT_AS, creates the InferenceSession with one thread, runs one warm-up inference on
+synthesized inputs and writes a verdict; the helper kills it at the time limit. A crash (signal),
+an allocation failure or a timeout becomes a `ProbeResult` with a reason; nothing of it is
+inherited by the caller.
 
 By hand: `python -m serve.load_probe MODEL [--memory-limit-bytes N]` prints the verdict as JSON.
 """
@@ -19,11 +20,11 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import multiprocessing
-import multiprocessing.context
 import os
 import resource
+import select
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 
 DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024**3
 DEFAULT_TIMEOUT_S = 60.0
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 
 @dataclass(frozen=True)
@@ -51,62 +53,144 @@ def probe_model(
     warmup: bool = True,
 ) -> ProbeResult:
     """Load `path` (and run a warm-up inference) in a child process; never raises for the model."""
-    ctx = _forkserver()
-    reader, writer = ctx.Pipe(duplex=False)
-    child = ctx.Process(
-        target=_probe_child,
-        args=(os.fspath(path), memory_limit_bytes, warmup, writer),
-        name="tapeserve-load-probe",
-        daemon=True,
-    )
+    request = {
+        "path": os.path.abspath(path),
+        "limit": memory_limit_bytes,
+        "timeout": timeout_s,
+        "warmup": warmup,
+    }
     start = time.monotonic()
-    child.start()
-    writer.close()
-    try:
-        child.join(timeout_s)
-        seconds = time.monotonic() - start
-        if child.is_alive():
-            child.kill()
-            child.join()
-            return ProbeResult(
-                False,
-                f"loading the model did not finish within {timeout_s:g} s (load probe killed)",
-                seconds,
+    verdict = _helper.ask(request, timeout_s)
+    return ProbeResult(
+        verdict["ok"], verdict["reason"], time.monotonic() - start, verdict.get("peak_rss_bytes")
+    )
+
+
+class _ForkHelper:
+    """`python -m serve.load_probe --serve`: a helper with onnxruntime imported and no session.
+
+    It forks one child per probe (about 50 ms, where a fresh interpreter costs about 350 ms), so
+    no probe ever inherits a serving worker's ORT thread pools. Requests and verdicts are JSON
+    lines on its stdin and stdout; one helper per process, started on first use, restarted if it
+    dies, gone when its parent's end of the pipe closes.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+
+    def ask(self, request: dict, timeout_s: float) -> dict:
+        with self._lock:
+            try:
+                proc = self._running()
+                proc.stdin.write((json.dumps(request) + "\n").encode())  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
+                line = _read_line(proc, timeout_s + 30)
+                return json.loads(line)
+            except (OSError, ValueError, TimeoutError) as exc:
+                self._stop()
+                return {"ok": False, "reason": f"the load probe helper failed: {exc}"}
+
+    def _running(self) -> subprocess.Popen:
+        if self._proc is None or self._proc.poll() is not None:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [_PROJECT_ROOT, env.get("PYTHONPATH")])
             )
-        verdict = reader.recv() if reader.poll() else None
-    finally:
-        reader.close()
-    if verdict is None:
-        code = child.exitcode or 0
-        if code < 0:
-            sig = signal.Signals(-code).name
-            hint = " (likely killed for memory)" if sig == "SIGKILL" else ""
-            why = f"crashed the load probe with {sig}{hint}"
-        else:
-            why = f"made the load probe exit with status {code} without a verdict"
-        return ProbeResult(False, f"loading the model {why}", seconds)
-    return ProbeResult(verdict["ok"], verdict["reason"], seconds, verdict.get("peak_rss_bytes"))
+            env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "serve.load_probe", "--serve"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                close_fds=True,
+            )
+            if _read_line(self._proc, 120).strip() != b"ready":
+                raise OSError("the load probe helper did not start")
+        return self._proc
+
+    def _stop(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+                self._proc.wait(5)
+            self._proc = None
 
 
-_context: multiprocessing.context.ForkServerContext | None = None
-_context_lock = threading.Lock()
+def _read_line(proc: subprocess.Popen, timeout_s: float) -> bytes:
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    if not ready:
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    line = proc.stdout.readline()  # type: ignore[union-attr]
+    if not line:
+        raise OSError(f"the helper exited with status {proc.wait()}")
+    return line
 
 
-def _forkserver() -> multiprocessing.context.ForkServerContext:
-    """A fork server with onnxruntime imported but no session: each probe forks from it in ~50 ms
-    instead of starting an interpreter (~350 ms), and never inherits a worker's ORT threads."""
-    global _context
-    with _context_lock:
-        if _context is None:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["numpy", "onnxruntime", "serve.load_probe"])
-            _context = ctx
-        return _context
+_helper = _ForkHelper()
 
 
-def _probe_child(path: str, limit: int, warmup: bool, conn) -> None:
-    conn.send(_child(path, limit, warmup))
-    conn.close()
+def _serve() -> int:
+    """The helper's loop: one forked child per request line, one verdict line per request."""
+    import onnxruntime  # noqa: F401  (imported once, here, before any fork)
+
+    import serve.protocol.datatypes  # noqa: F401  (used by the warm-up)
+
+    out = sys.stdout.buffer
+    out.write(b"ready\n")
+    out.flush()
+    for line in sys.stdin.buffer:
+        request = json.loads(line)
+        verdict = _fork_probe(
+            request["path"], request["limit"], request["timeout"], request["warmup"]
+        )
+        out.write(json.dumps(verdict).encode() + b"\n")
+        out.flush()
+    return 0
+
+
+def _fork_probe(path: str, limit: int, timeout_s: float, warmup: bool) -> dict:
+    """Probe in a forked child; a timeout kills it, a signal or missing verdict is a reason."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: probe, write the verdict, exit without cleanup
+        os.close(read_fd)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # only the helper's own lines go to its stdout
+        verdict = _child(path, limit, warmup)
+        with contextlib.suppress(OSError):
+            os.write(write_fd, json.dumps(verdict).encode())
+        os._exit(0)
+    os.close(write_fd)
+    deadline = time.monotonic() + timeout_s
+    data = b""
+    timed_out = False
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                timed_out = True
+                os.kill(pid, signal.SIGKILL)
+                break
+            chunk = pipe.read(65536)
+            if not chunk:
+                break
+            data += chunk
+    _, status = os.waitpid(pid, 0)
+    if timed_out:
+        return {
+            "ok": False,
+            "reason": f"loading the model did not finish within {timeout_s:g} s "
+            "(load probe killed)",
+        }
+    with contextlib.suppress(ValueError):
+        return json.loads(data)
+    if os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status)).name
+        hint = " (likely killed for memory)" if sig == "SIGKILL" else ""
+        return {"ok": False, "reason": f"loading the model crashed the load probe with {sig}{hint}"}
+    code = os.WEXITSTATUS(status)
+    return {"ok": False, "reason": f"the load probe exited with status {code} without a verdict"}
 
 
 def probe_once(
@@ -199,10 +283,15 @@ def _child(path: str, limit: int, warmup: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="path of the .onnx file to load")
+    parser.add_argument("model", nargs="?", help="path of the .onnx file to load")
+    parser.add_argument("--serve", action="store_true", help="run as the fork helper")
     parser.add_argument("--memory-limit-bytes", type=int, default=DEFAULT_MEMORY_LIMIT_BYTES)
     parser.add_argument("--no-warmup", action="store_true", help="only create the session")
     args = parser.parse_args(argv)
+    if args.serve:
+        return _serve()
+    if not args.model:
+        parser.error("give a model path (or --serve)")
     verdict = _child(args.model, args.memory_limit_bytes, not args.no_warmup)
     sys.stdout.write(json.dumps(verdict) + "\n")
     sys.stdout.flush()
