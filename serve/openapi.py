@@ -513,7 +513,7 @@ def _paths() -> dict:
         },
         "/v2/models/stats": {
             "get": _op(
-                "allModelStats", "Statistics of all models", "v2", _json(_ref("ModelStats")), ()
+                "allModelStats", "Statistics of all models", "v2", _json(_ref("ModelStats")), (404,)
             )
         },
         "/v2/models/{model_name}": {
