@@ -24,6 +24,7 @@ from tests.protocol.samples import assert_same, sample
 FUZZ = settings(
     max_examples=300,
     deadline=None,
+    database=None,  # tests write nothing outside temp folders
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
