@@ -6,13 +6,17 @@ Kept here, applied to the command with one decorator, so the serve command stays
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import click
 
 from serve.model_control import CONTROL_MODES
 
 
-def _empty_if_none(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+def _token_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    """The path as given ("" when unset); an empty token file fails here, before Gunicorn."""
+    if value and not Path(value).read_text(encoding="utf-8").strip():
+        raise click.BadParameter(f"token file {value!r} is empty")
     return value or ""
 
 
@@ -38,7 +42,7 @@ _OPTIONS = [
         "--admin-token-file",
         type=click.Path(dir_okay=False, exists=True),
         default=None,
-        callback=_empty_if_none,
+        callback=_token_file,
         envvar="TAPESERVE_ADMIN_TOKEN_FILE",
         help="File holding the admin bearer token (or set TAPESERVE_ADMIN_TOKEN); without a "
         "token the admin plane (load, unload, upload) is disabled.",
@@ -47,7 +51,7 @@ _OPTIONS = [
         "--inference-token-file",
         type=click.Path(dir_okay=False, exists=True),
         default=None,
-        callback=_empty_if_none,
+        callback=_token_file,
         envvar="TAPESERVE_INFERENCE_TOKEN_FILE",
         help="File holding a bearer token required by the inference endpoints (or set "
         "TAPESERVE_INFERENCE_TOKEN).",

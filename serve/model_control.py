@@ -273,11 +273,12 @@ class ModelController:
             key = (name, version)
             fp = version_fingerprint(path.parent)
             old = current.get(version)
-            unchanged = self._loaded_fp.get(key) == fp and not config_changed
-            if old is not None and unchanged and (old.state is State.READY or not reload_failed):
+            files_changed = self._loaded_fp.get(key) != fp
+            keep = old is not None and not files_changed and not config_changed
+            if keep and (old.state is State.READY or not reload_failed):
                 candidates[version] = old
                 continue
-            if settle and not self._settled(key, fp):
+            if settle and files_changed and not self._settled(key, fp):
                 if old is not None:
                     candidates[version] = old
                 continue

@@ -165,3 +165,39 @@ def test_broken_version_leaves_the_previous_one_serving(tmp_path: Path) -> None:
     assert "absolute path" in model.versions[2].reason
     controller.poll_once()  # an unchanged failed version is not retried on every scan
     assert registry.models["m"] is model
+
+
+def _controller(repo: Path) -> tuple[ModelRegistry, ModelController]:
+    settings = ControlSettings(mode="poll", poll_interval=60, retire_delay_s=0.0)
+    registry = ModelRegistry(repo, "cpu", 1)
+    registry.vet = lambda path: vet_model(path, settings)
+    registry.start()
+    assert registry.wait_loaded(60)
+    return registry, ModelController(registry, settings)
+
+
+def test_config_change_reloads_and_removed_model_unloads(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    _publish(repo, "m", 1, _model_bytes(1.0))
+    _publish(repo, "other", 1, _model_bytes(5.0))
+    registry, controller = _controller(repo)
+    before = registry.version("m")
+    controller.poll_once()
+    assert registry.version("m") is before  # nothing changed: nothing reloaded
+
+    (repo / "m" / "config.json").write_text('{"max_batch_size": 4}')
+    controller.poll_once()  # first sighting of the new config
+    controller.poll_once()  # unchanged since: applied
+    after = registry.version("m")
+    assert after is not before and after.config.max_batch_size == 4
+    assert after.state is State.READY and before.batcher._closed
+
+    (repo / "new").mkdir()
+    _publish(repo, "new", 1, _model_bytes(7.0))
+    (repo / "other" / "1" / "model.onnx").unlink()
+    (repo / "other" / "1").rmdir()
+    (repo / "other").rmdir()
+    controller.poll_once()
+    controller.poll_once()
+    assert "other" not in registry.models
+    assert registry.version("new").state is State.READY
