@@ -16,6 +16,7 @@ _ERROR_TEXT = {
     "401": "A token is required and none was sent",
     "403": "The token sent is not valid",
     "404": "Unknown model or version",
+    "409": "That model version exists already; upload under a new version number",
     "405": "Method not allowed on this path",
     "413": "Body larger than the configured limit, before or after decompression",
     "415": "Unsupported Content-Encoding",
@@ -492,6 +493,27 @@ def _predict_op(op_id: str, versioned: bool) -> dict:
     )
 
 
+def _upload(params: list[dict], ok: dict) -> dict:
+    """Admin upload of a raw ONNX file: 201 loaded (explicit mode), 202 left to the poll."""
+    body = {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    op = _op(
+        "repositoryModelUpload",
+        "Upload a new model version (admin): vetted, then written atomically",
+        "repository",
+        ok,
+        (*_ADMIN_ERRORS, 409, 413, 415),
+        params,
+        body,
+        security=True,
+    )
+    op["responses"] = {"201": ok, "202": ok, **op["responses"]}
+    del op["responses"]["200"]
+    return op
+
+
 def _paths() -> dict:
     mv = [_MODEL, _VERSION]
     ok_empty = {"description": "done", "content": {"application/json": {"schema": {}}}}
@@ -632,6 +654,9 @@ def _paths() -> dict:
                 admin_body,
                 security=True,
             )
+        },
+        "/v2/repository/models/{model_name}/versions/{model_version}": {
+            "post": _upload(mv, ok_empty)
         },
         "/v1/models/{model_name}": {
             "get": _op(

@@ -25,6 +25,7 @@ ENDPOINTS = {
     ("post", "/v2/repository/index"),
     ("post", "/v2/repository/models/{model_name}/load"),
     ("post", "/v2/repository/models/{model_name}/unload"),
+    ("post", "/v2/repository/models/{model_name}/versions/{model_version}"),
     ("get", "/v1/models/{model_name}"),
     ("get", "/v1/models/{model_name}/versions/{model_version}"),
     ("get", "/v1/models/{model_name}/metadata"),
