@@ -44,27 +44,33 @@ def quantize_int8(model: bytes, calibration: np.ndarray | None = None) -> tuple[
     """Quantize serialized `model` to int8; returns (model bytes, method used)."""
     proto = onnx.load_from_string(model)
     static = calibration is not None and len(calibration) > 0 and has_conv(proto)
-    logging.getLogger("root").setLevel(logging.ERROR)  # the tools log every node at WARNING
-    with tempfile.TemporaryDirectory() as tmp:
-        src, prep, dst = (Path(tmp) / n for n in ("float.onnx", "prep.onnx", "int8.onnx"))
-        src.write_bytes(model)
-        quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
-        if static:
-            input_name = proto.graph.input[0].name
-            quantize_static(
-                str(prep),
-                str(dst),
-                _Samples(input_name, np.asarray(calibration)[:CALIBRATION_SAMPLES]),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=True,
-            )
-            method = f"static int8 (QDQ, per-channel, {min(len(calibration), 256)} samples)"
-        else:
-            quantize_dynamic(str(prep), str(dst), weight_type=QuantType.QInt8)
-            method = "dynamic int8 (weights int8, activations at run time)"
-        out = onnx.load(str(dst))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the tools log advice for every node at WARNING
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            src, prep, dst = (Path(tmp) / n for n in ("float.onnx", "prep.onnx", "int8.onnx"))
+            src.write_bytes(model)
+            quant_pre_process(str(src), str(prep), skip_symbolic_shape=True)
+            if static:
+                input_name = proto.graph.input[0].name
+                quantize_static(
+                    str(prep),
+                    str(dst),
+                    _Samples(input_name, np.asarray(calibration)[:CALIBRATION_SAMPLES]),
+                    quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
+                    per_channel=True,
+                )
+                used = min(len(calibration), CALIBRATION_SAMPLES)
+                method = f"static int8 (QDQ, per-channel, {used} calibration samples)"
+            else:
+                quantize_dynamic(str(prep), str(dst), weight_type=QuantType.QInt8)
+                method = "dynamic int8 (weights int8, activations at run time)"
+            out = onnx.load(str(dst))
+    finally:
+        root.setLevel(level)
     out.ir_version = proto.ir_version
     for key, value in ((p.key, p.value) for p in proto.metadata_props):
         if key not in {p.key for p in out.metadata_props}:
