@@ -43,6 +43,14 @@ def build_repository(root: Path) -> Path:
     return root
 
 
+@pytest.fixture
+def small_repository(tmp_path: Path) -> Path:
+    """Just `mlp` (batching) and `broken`: for tests that start a server of their own."""
+    builders.write_model(tmp_path, "mlp", builders.mlp((16, 32, 8)), config={"max_batch_size": 32})
+    builders.write_model(tmp_path, "broken", b"this is not an onnx model")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_repository(tmp_path_factory.mktemp("repository"))

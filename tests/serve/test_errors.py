@@ -159,8 +159,8 @@ def test_504_deadline_from_request_and_config(server) -> None:
     assert 'tapeserve_rejected_requests_total{model="busy",reason="deadline"}' in server.metrics()
 
 
-def test_413_body_limits(tapeserve_server, repository) -> None:
-    srv = tapeserve_server(repository, extra_args=["--max-body-size", "2000"])
+def test_413_body_limits(tapeserve_server, small_repository) -> None:
+    srv = tapeserve_server(small_repository, extra_args=["--max-body-size", "2000"])
     big = {"inputs": [{**X, "shape": [20, 16], "data": [0.123456] * 320}]}
     assert_error(infer(srv, "mlp", big), 413, "2000")
     bomb = gzip.compress(json.dumps(big).encode() + b" " * 100_000)

@@ -53,8 +53,8 @@ def test_cuda_model_never_silently_runs_on_cpu(server) -> None:
         assert "cuda" in row["reason"].lower()
 
 
-def test_strict_readiness_waits_for_every_model(tapeserve_server, repository) -> None:
-    srv = tapeserve_server(repository, extra_args=["--strict-readiness"], wait="live")
+def test_strict_readiness_waits_for_every_model(tapeserve_server, small_repository) -> None:
+    srv = tapeserve_server(small_repository, extra_args=["--strict-readiness"], wait="live")
     srv.wait_models_final()
     response = srv.get("/v2/health/ready")
     assert response.status_code == 503 and response.json() == {"ready": False}

@@ -9,8 +9,10 @@ from tests.serve.test_batching import metric
 N = 40
 
 
-def test_scrape_counts_exactly_n_requests_across_workers(tapeserve_server, repository) -> None:
-    srv = tapeserve_server(repository, workers=2, threads=4)
+def test_scrape_counts_exactly_n_requests_across_workers(
+    tapeserve_server, small_repository
+) -> None:
+    srv = tapeserve_server(small_repository, workers=2, threads=4)
     body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
     for _ in range(N):
         # a new connection each time, so the kernel spreads requests over both workers
