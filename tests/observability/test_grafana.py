@@ -74,6 +74,7 @@ def test_dashboard_covers_every_required_view() -> None:
     panel_with("tapeserve_model_ready")
     panel_with("tapeserve_rejected_requests_total")
     panel_with("tapeserve_model_load_failures_total")
+    panel_with("tapeserve_model_load_duration_seconds_sum")
     panel_with("tapeserve_gpu_utilization_ratio")
     panel_with("tapeserve_gpu_memory_used_bytes", "tapeserve_gpu_memory_total_bytes")
 
