@@ -251,7 +251,8 @@ def test_server_refuses_hostile_models_and_keeps_serving_the_others(
     (repo / "garbage" / "1").mkdir(parents=True)
     (repo / "garbage" / "1" / "model.onnx").write_bytes(b"\x0a\xff\xff\xff\x0f" * 20)
 
-    srv = tapeserve_server(repo, workers=2)
+    runtime = tmp_path / "runtime"
+    srv = tapeserve_server(repo, workers=2, env={"TAPESERVE_RUNTIME_DIR": str(runtime)})
     rows = {row["name"]: row for row in srv.post("/v2/repository/index").json()}
     assert rows["good"]["state"] == "READY"
     body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0] * 4}]}
@@ -267,3 +268,5 @@ def test_server_refuses_hostile_models_and_keeps_serving_the_others(
     for name in expected:
         assert f'tapeserve_model_load_failures_total{{model="{name}"}} 2.0' in metrics_text
     assert "Traceback" not in srv.log()
+    # Only `good` and `computed_bomb` pass the static checks; each was probed once, not per worker.
+    assert len(list(runtime.glob("probe-*.json"))) == 2
