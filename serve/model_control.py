@@ -131,6 +131,7 @@ class ModelController:
         self._loaded_fp: dict[tuple[str, int], tuple] = {}
         self._sightings: dict[tuple[str, int], tuple] = {}
         self._config_fp: dict[str, tuple] = {}
+        self._config_errors: dict[str, str] = {}
         self._applied: dict[str, int] = {}
         self._stop = threading.Event()
         self._adopted = False
@@ -261,6 +262,7 @@ class ModelController:
             wanted = select_versions(available, config.version_policy)
         except (ConfigError, OSError) as exc:
             return self._config_failed(name, current_model, str(exc))
+        self._config_errors.pop(name, None)
         config_fp = _config_fingerprint(model_dir)
         config_changed = current_model is not None and self._config_fp.get(name) != config_fp
         if config_changed and settle and not self._settled((name, 0), config_fp):
@@ -314,12 +316,17 @@ class ModelController:
         return mv
 
     def _config_failed(self, name: str, model: Model | None, reason: str) -> Model | None:
-        """A bad config.json: a new model is unavailable; a serving one keeps its versions."""
-        log.error("model %s: %s", name, reason)
+        """A bad config.json: a new model is unavailable; a serving one keeps its versions.
+
+        Reported (log, failure count) once per distinct reason, not at every scan."""
+        if self._config_errors.get(name) != reason:
+            self._config_errors[name] = reason
+            log.error("model %s: %s", name, reason)
+            if model is None or not model.error:
+                metrics.MODEL_LOAD_FAILURES.labels(name).inc()
         if model is None:
             model = Model(name, ModelConfig(), reason, {})
             self.registry.models = {**self.registry.models, name: model}
-            metrics.MODEL_LOAD_FAILURES.labels(name).inc()
         return model
 
     def _settled(self, key: tuple[str, int], fp: tuple) -> bool:
