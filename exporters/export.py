@@ -221,6 +221,8 @@ def export_to_repository(
     if dataset:
         samples, labels, calibration = dataset_samples(dataset, shape)
         example = samples[:example_batch].astype(checkpoint.input_dtype)
+    elif np.issubdtype(np.dtype(checkpoint.input_dtype), np.integer):  # indices: 0 and 1 exist
+        example = rng.integers(0, 2, (example_batch, *shape)).astype(checkpoint.input_dtype)
     else:
         example = rng.standard_normal((example_batch, *shape)).astype(checkpoint.input_dtype)
     metadata = {"input_shape": json.dumps([BATCH, *shape])}

@@ -228,7 +228,13 @@ def build_graph(
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is not supported: use {MIN_OPSET} or newer")
     engine = _engine()
-    x, outputs, tr = trace_model(model, example)
+    try:
+        x, outputs, tr = trace_model(model, example)
+    except Exception as exc:
+        raise ExportError(
+            f"the model fails on an example input of shape {example.shape} "
+            f"(dtype {example.dtype}): {exc}; check --example-shape"
+        ) from exc
     ctx = LoweringContext(opset=opset)
     names: dict[int, str] = {id(x): ctx.reserve(input_name)}
     state = {}
@@ -236,7 +242,7 @@ def build_graph(
         if isinstance(tensor, engine.Tensor):
             state.setdefault(id(tensor), (key, tensor))
 
-    def value_name(t: Any, node: Any) -> str:
+    def value_name(t: Any) -> str:
         if id(t) in names:
             return names[id(t)]
         if id(t) in state:
@@ -252,7 +258,7 @@ def build_graph(
 
     for node in tr.nodes:
         ctx.scope = node.scope or ""
-        inputs = [value_name(t, node) for t in node.inputs]
+        inputs = [value_name(t) for t in node.inputs]
         rule = lowering_rule(node.op)
         where = f"module {node.scope!r}" if node.scope else "the top-level model"
         if rule is None:
@@ -280,7 +286,7 @@ def build_graph(
     other_shapes = [a.shape for a in run_model(model, other)]
     graph_outputs = []
     for tensor, name, other_shape in zip(outputs, out_names, other_shapes, strict=True):
-        ctx.nodes.append(helper.make_node("Identity", [value_name(tensor, None)], [name]))
+        ctx.nodes.append(helper.make_node("Identity", [value_name(tensor)], [name]))
         shape = _symbolic(tensor.shape, other_shape)
         graph_outputs.append(_value_info(name, np.dtype(tensor.dtype), shape))
     graph = helper.make_graph(

@@ -96,3 +96,29 @@ def test_int8_quantized_export_reports_accuracy(trained_mlp, tmp_path):
     assert "dynamic int8" in run.output and "accuracy" in run.output and "points" in run.output
     meta = {p.key: p.value for p in onnx.load(tmp_path / "q" / "1" / "model.onnx").metadata_props}
     assert meta["quantization"].startswith("dynamic int8")
+
+
+def test_checkpoint_without_dataset_exports_with_integer_inputs(tmp_path):
+    """A hand-built embedding model: random index inputs verify it, the shape comes from the
+    checkpoint or --example-shape."""
+    import engine
+    import engine.nn as nn
+    from engine import checkpoint as engine_checkpoint
+
+    engine.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 3), nn.Flatten(), nn.Linear(15, 2))
+    engine_checkpoint.save(tmp_path / "ckpt", model, input_shape=(5,), input_dtype="int64")
+    run = CliRunner().invoke(
+        export, [str(tmp_path / "ckpt"), "--repository", str(tmp_path / "repo"), "--name", "emb"]
+    )
+    assert run.exit_code == 0, run.output
+    assert "dataset samples" not in run.output
+    proto = onnx.load(tmp_path / "repo" / "emb" / "1" / "model.onnx")
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    run = CliRunner().invoke(
+        export,
+        [str(tmp_path / "ckpt"), "--repository", str(tmp_path / "repo"), "--name", "emb",
+         "--example-shape", "4"],
+    )  # fmt: skip
+    assert run.exit_code != 0  # Flatten -> Linear(15) cannot take 4 indices: a clear error
+    assert "fails on an example input of shape (3, 4)" in run.output
