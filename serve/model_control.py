@@ -59,7 +59,7 @@ class ControlSettings:
     probe_timeout_s: float = DEFAULT_TIMEOUT_S
     #: Folder shared by the workers of one server (probe verdicts, explicit requests), or None.
     runtime_dir: str | None = None
-    retire_delay_s: float = 2.0
+    retire_delay_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.mode not in CONTROL_MODES:
