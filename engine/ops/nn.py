@@ -170,34 +170,61 @@ def _scatter_windows(parts, x_shape, padding, stride, dilation, dtype):
 
 
 def _im2col(x, kh, kw, stride, padding, dilation):
-    """(N, C, H, W) -> contiguous columns (N, C*kh*kw, Ho*Wo) for one batched GEMM."""
+    """(N, C, H, W) -> contiguous columns (N*Ho*Wo, kh*kw*C) for one big GEMM.
+
+    Channels go innermost (an NHWC copy of the input), so the window copy here and the
+    slice-adds of the gradient move contiguous runs of C values.
+    """
     n, c, h, w = x.shape
-    ho = _out_size(h, kh, stride[0], padding[0], dilation[0])
-    wo = _out_size(w, kw, stride[1], padding[1], dilation[1])
-    win = _windows(_pad2d(x, padding), kh, kw, stride, dilation, ho, wo)
-    cols = np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3))
-    return cols.reshape(n, c * kh * kw, ho * wo), ho, wo
+    ph, pw = padding
+    ho = _out_size(h, kh, stride[0], ph, dilation[0])
+    wo = _out_size(w, kw, stride[1], pw, dilation[1])
+    xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
+    xp[:, ph : ph + h, pw : pw + w] = x.transpose(0, 2, 3, 1)
+    sn, sh, sw, sc = xp.strides
+    shape = (n, ho, wo, kh, kw, c)
+    strides = (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc)
+    win = as_strided(xp, shape, strides, writeable=False)
+    return np.ascontiguousarray(win).reshape(n * ho * wo, kh * kw * c), ho, wo
 
 
-def _conv(x, w, stride, padding, dilation, groups):
+def _weight_matrix(w):
+    """(O, C, kh, kw) -> (O, kh*kw*C), matching _im2col's feature order."""
+    return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+
+def _nhwc_rows(a):
+    """(N, C, H, W) -> (N*H*W, C) contiguous."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, a.shape[1])
+
+
+def _conv(x, w, stride, padding, dilation, groups, bias=None):
+    """The (N, O, Ho, Wo) output and, per group, the columns kept for the weight gradient."""
     n = x.shape[0]
     o, cg, kh, kw = w.shape
-    cols, ho, wo = _im2col(x, kh, kw, stride, padding, dilation)
     og = o // groups
-    k = cg * kh * kw
-    if groups == 1:
-        out = w.reshape(o, k) @ cols
-    else:
-        out = np.empty((n, o, ho * wo), dtype=np.result_type(x, w))
-        for gi in range(groups):
-            wg = w[gi * og : (gi + 1) * og].reshape(og, k)
-            out[:, gi * og : (gi + 1) * og] = wg @ cols[:, gi * k : (gi + 1) * k]
-    return out.reshape(n, o, ho, wo), cols
+    out = None
+    all_cols = []
+    for gi in range(groups):
+        xg = x if groups == 1 else x[:, gi * cg : (gi + 1) * cg]
+        cols, ho, wo = _im2col(xg, kh, kw, stride, padding, dilation)
+        res = cols @ _weight_matrix(w[gi * og : (gi + 1) * og]).T
+        if groups == 1:
+            out = res
+        else:
+            if out is None:
+                out = np.empty((res.shape[0], o), dtype=res.dtype)
+            out[:, gi * og : (gi + 1) * og] = res
+        all_cols.append(cols)
+    if bias is not None:
+        out += bias
+    out = np.ascontiguousarray(out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2))
+    return out, all_cols
 
 
 @register
 class Conv2d(Primitive):
-    """2-D convolution (N, C, H, W) x (O, C/groups, kh, kw) [+ bias (O,)]: im2col + GEMM."""
+    """2-D convolution (N, C, H, W) x (O, C/groups, kh, kw) [+ bias (O,)]: im2col + one GEMM."""
 
     name = "conv2d"
     saves = True
@@ -205,45 +232,44 @@ class Conv2d(Primitive):
     def forward(x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         if x.ndim != 4 or w.ndim != 4:
             raise ValueError(f"conv2d expects 4-D input and weight, got {x.shape} and {w.shape}")
-        if x.shape[1] != w.shape[1] * groups:
+        if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
             raise ValueError(
                 f"conv2d: input has {x.shape[1]} channels, weight expects "
                 f"{w.shape[1] * groups} (C/groups={w.shape[1]}, groups={groups})"
             )
-        out, cols = _conv(x, w, stride, padding, dilation, groups)
-        if bias:
-            out += bias[0].reshape(1, -1, 1, 1)
-        return out, cols
+        return _conv(x, w, stride, padding, dilation, groups, bias[0] if bias else None)
 
     def vjp(g, node):
         x, w = node.xs[0], node.xs[1]
         a = node.attrs
-        cols = node.saved
-        n, o = g.shape[0], g.shape[1]
-        cg, kh, kw = w.shape[1:]
-        groups = a["groups"]
-        og, k = o // groups, cg * kh * kw
-        g3 = g.reshape(n, o, -1)
-        gx = gw = gb = None
-        if node.needs[1]:
-            gw = np.empty_like(w)
-            for gi in range(groups):
-                go = g3[:, gi * og : (gi + 1) * og]
-                cgi = cols[:, gi * k : (gi + 1) * k]
-                gw[gi * og : (gi + 1) * og] = (
-                    (go @ cgi.transpose(0, 2, 1)).sum(axis=0).reshape(og, cg, kh, kw)
+        stride, (ph, pw), dilation, groups = a["stride"], a["padding"], a["dilation"], a["groups"]
+        o, cg, kh, kw = w.shape
+        og = o // groups
+        n, c, h, wd = x.shape
+        ho, wo = g.shape[2], g.shape[3]
+        g2 = _nhwc_rows(g)
+        gx = np.empty(x.shape, dtype=g.dtype) if node.needs[0] else None
+        gw = np.empty(w.shape, dtype=g.dtype) if node.needs[1] else None
+        for gi, cols in enumerate(node.saved):
+            go = g2[:, gi * og : (gi + 1) * og]
+            if gw is not None:
+                # cols.T @ go is several times faster in OpenBLAS than go.T @ cols here
+                gwg = (cols.T @ go).T.reshape(og, kh, kw, cg)
+                gw[gi * og : (gi + 1) * og] = gwg.transpose(0, 3, 1, 2)
+            if gx is not None:
+                dcols = go @ _weight_matrix(w[gi * og : (gi + 1) * og])
+                dcols = dcols.reshape(n, ho, wo, kh, kw, cg)
+                dx = np.zeros((n, h + 2 * ph, wd + 2 * pw, cg), dtype=g.dtype)
+                for i in range(kh):
+                    for j in range(kw):
+                        r0, c0 = i * dilation[0], j * dilation[1]
+                        rows = slice(r0, r0 + stride[0] * (ho - 1) + 1, stride[0])
+                        cols_ = slice(c0, c0 + stride[1] * (wo - 1) + 1, stride[1])
+                        dx[:, rows, cols_] += dcols[:, :, :, i, j]
+                gx[:, gi * cg : (gi + 1) * cg] = dx[:, ph : ph + h, pw : pw + wd].transpose(
+                    0, 3, 1, 2
                 )
-        if node.needs[0]:
-            dcols = np.empty_like(cols)
-            for gi in range(groups):
-                wg = w[gi * og : (gi + 1) * og].reshape(og, k)
-                dcols[:, gi * k : (gi + 1) * k] = wg.T @ g3[:, gi * og : (gi + 1) * og]
-            ho, wo = g.shape[2], g.shape[3]
-            d6 = dcols.reshape(n, x.shape[1], kh, kw, ho, wo)
-            parts = (((i, j), d6[:, :, i, j]) for i in range(kh) for j in range(kw))
-            gx = _scatter_windows(parts, x.shape, a["padding"], a["stride"], a["dilation"], g.dtype)
-        if len(node.xs) == 3 and node.needs[2]:
-            gb = g.sum(axis=(0, 2, 3))
+        gb = g2.sum(axis=0) if len(node.xs) == 3 and node.needs[2] else None
         return (gx, gw, gb) if len(node.xs) == 3 else (gx, gw)
 
     def jvp(t, node):
@@ -265,6 +291,19 @@ class Conv2d(Primitive):
         )  # fmt: skip
 
 
+def _tiled_window_grad(g, arg, kh, kw, x_shape):
+    """Max-pool gradient when windows tile the input (stride == kernel): one one-hot pass."""
+    n, c, ho, wo = g.shape
+    hot = arg[..., None] == np.arange(kh * kw)
+    tiles = (g[..., None] * hot).reshape(n, c, ho, wo, kh, kw).transpose(0, 1, 2, 4, 3, 5)
+    tiles = tiles.reshape(n, c, ho * kh, wo * kw)
+    if tiles.shape == tuple(x_shape):
+        return tiles
+    gx = np.zeros(x_shape, dtype=g.dtype)
+    gx[:, :, : ho * kh, : wo * kw] = tiles
+    return gx
+
+
 @register
 class MaxPool2d(Primitive):
     name = "max_pool2d"
@@ -284,6 +323,8 @@ class MaxPool2d(Primitive):
         a = node.attrs
         arg = node.saved
         kh, kw = a["kernel_size"]
+        if a["stride"] == (kh, kw) and a["padding"] == (0, 0):
+            return (_tiled_window_grad(g, arg, kh, kw, node.xs[0].shape),)
         zero = np.zeros((), g.dtype)
         parts = (
             ((i, j), np.where(arg == i * kw + j, g, zero)) for i in range(kh) for j in range(kw)

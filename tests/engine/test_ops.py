@@ -467,3 +467,24 @@ def test_clear_errors_for_bad_input():
         F.cross_entropy(engine.zeros(2, 3), np.array([0.5, 1.0]))
     with pytest.raises(ValueError, match="reduction"):
         F.mse_loss(engine.zeros(2), engine.zeros(2), reduction="avg")
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), (2, 1, 0)])
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(kernel, stride, padding):
+    """Against a loop-by-window reference, with ties (odd sizes crop like torch's floor)."""
+    rng = np.random.default_rng(5)
+    x = np.round(rng.standard_normal((2, 3, 7, 9)), 1)  # rounding makes ties likely
+    x[0, 0, :3, :3] = 0.0
+    t = Tensor(x, requires_grad=True)
+    out = F.max_pool2d(t, kernel, stride, padding)
+    g = rng.standard_normal(out.shape)
+    out.backward(g)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+                constant_values=-np.inf)  # fmt: skip
+    ref = np.zeros_like(xp)
+    for n, c, i, j in np.ndindex(*out.shape):
+        win = xp[n, c, i * stride : i * stride + kernel, j * stride : j * stride + kernel]
+        r, q = np.unravel_index(np.argmax(win), win.shape)
+        assert out.data[n, c, i, j] == win[r, q]
+        ref[n, c, i * stride + r, j * stride + q] += g[n, c, i, j]
+    np.testing.assert_allclose(t.grad, ref[:, :, padding : padding + 7, padding : padding + 9])
