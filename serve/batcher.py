@@ -9,6 +9,7 @@ runner waits at most that long for a batch to fill. Outputs are split back as vi
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from serve import metrics
+
+log = logging.getLogger("tapeserve.batcher")
 
 Runner = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 
@@ -183,9 +186,15 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            batch = self._start(batch)
-            if batch:
-                self._execute(runner, batch)
+            try:
+                batch = self._start(batch)
+                if batch:
+                    self._execute(runner, batch)
+            except BaseException as exc:  # never let the runner die: waiters would hang
+                log.exception("batcher %s/%s: unexpected error", self.model, self.version)
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(exc)
 
     def _execute(self, runner: Runner, batch: list[_Pending]) -> None:
         if len(batch) == 1:

@@ -109,6 +109,16 @@ def deadline_for(mv: ModelVersion, timeout_us: Any) -> float | None:
     return None
 
 
+def resolve(ctx: dict, name: str, version: str | None) -> ModelVersion:
+    """The model version to serve, noted in `ctx` for the request metrics."""
+    registry = server().registry
+    if name in registry.models:
+        ctx["model"] = name
+    mv = registry.version(name, version)
+    ctx["mv"] = mv
+    return mv
+
+
 def run_model(mv: ModelVersion, feeds: dict[str, np.ndarray], deadline: float | None) -> list:
     """Queue the request on the model's batcher and wait for its outputs (signature order)."""
     rows = next(iter(feeds.values())).shape[0] if mv.batching and feeds else 1
@@ -130,8 +140,9 @@ def run_model(mv: ModelVersion, feeds: dict[str, np.ndarray], deadline: float | 
 def observed(protocol: str, handler: Callable[..., Response]) -> Callable[..., Response]:
     """Wrap an inference view: in-flight gauge, request counter and duration, error mapping.
 
-    The handler sets `ctx["mv"]` once it resolved the model version, so the labels name it;
-    requests for unknown models are counted with empty model/version labels (bounded series).
+    The handler sets `ctx["mv"]` once it resolved the model version (or `ctx["model"]` for a
+    model of the repository that cannot serve), so the labels name it; requests for models not
+    in the repository are counted with empty model/version labels (bounded series).
     """
 
     def view(**kwargs: Any) -> Response:
@@ -145,7 +156,7 @@ def observed(protocol: str, handler: Callable[..., Response]) -> Callable[..., R
         finally:
             metrics.INFLIGHT_REQUESTS.dec()
         mv = ctx.get("mv")
-        model, version = (mv.name, str(mv.version)) if mv else ("", "")
+        model, version = (mv.name, str(mv.version)) if mv else (ctx.get("model", ""), "")
         if mv:
             accesslog.annotate(model=model, version=version)
         metrics.REQUESTS.labels(model, version, protocol, str(response.status_code)).inc()

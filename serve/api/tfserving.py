@@ -14,6 +14,7 @@ from serve.api.common import (
     json_response,
     observed,
     read_body,
+    resolve,
     run_model,
     server,
 )
@@ -57,8 +58,7 @@ def _metadata(name: str, version: str | None) -> Response:
 
 
 def _predict(ctx: dict, name: str, version: str | None = None) -> Response:
-    mv = server().registry.version(name, version)
-    ctx["mv"] = mv
+    mv = resolve(ctx, name, version)
     req = tfserving.decode_predict(read_body(), mv.inputs, max_batch_size=mv.max_batch_size)
     results = run_model(mv, req.inputs, deadline_for(mv, None))
     outputs = {spec.name: arr for spec, arr in zip(mv.outputs, results, strict=True)}

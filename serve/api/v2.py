@@ -12,6 +12,7 @@ from serve.api.common import (
     json_response,
     observed,
     read_body,
+    resolve,
     run_model,
     server,
 )
@@ -158,8 +159,7 @@ def repository_index() -> Response:
 
 
 def _infer(ctx: dict, name: str, version: str | None = None) -> Response:
-    mv = server().registry.version(name, version)
-    ctx["mv"] = mv
+    mv = resolve(ctx, name, version)
     body = read_body()
     raw_spec = mv.inputs[0] if len(mv.inputs) == 1 else None
     req = v2.decode_infer(body, request.headers.get(v2.HEADER_LENGTH), raw_input=raw_spec)

@@ -99,6 +99,8 @@ def test_501_unimplemented(server) -> None:
 def test_503_for_an_unavailable_model(server) -> None:
     assert_error(infer(server, "broken", {"inputs": [X]}), 503, "broken", "unavailable")
     assert_error(infer(server, "badconfig", {"inputs": [X]}), 503, "max_batch_size")
+    counted = 'tapeserve_requests_total{code="503",model="broken",protocol="v2",version=""}'
+    assert counted in server.metrics()
 
 
 def _busy_body(n: int, **parameters) -> dict:

@@ -208,3 +208,27 @@ def test_example_repository_is_valid() -> None:
     entries = scan_repository(BUNDLED_REPOSITORY)
     assert entries and all(e.error is None and e.versions for e in entries)
     json.loads((BUNDLED_REPOSITORY / "example" / "config.json").read_text())
+
+
+def test_batcher_survives_a_runner_that_misbehaves() -> None:
+    """A runner returning garbage fails its batch; the runner thread keeps serving."""
+    gate = threading.Event()
+    answers = iter([[np.zeros((1, 2))], None, [np.ones((1, 2))]])
+
+    def runner(feeds):
+        gate.wait()
+        return next(answers)
+
+    batcher = Batcher("m", "1", [runner], max_batch_size=8)
+    first = batcher.submit({"x": np.zeros((1, 2))})
+    time.sleep(0.05)
+    broken = [batcher.submit({"x": np.zeros((1, 2))}) for _ in range(2)]  # batched: gets None
+    gate.set()
+    first.result(5)
+    for future in broken:
+        with pytest.raises(Exception):  # noqa: B017 - whatever the garbage caused
+            future.result(5)
+    np.testing.assert_array_equal(
+        batcher.submit({"x": np.ones((1, 2))}).result(5)[0], np.ones((1, 2))
+    )
+    batcher.close()
