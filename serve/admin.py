@@ -122,7 +122,8 @@ def _require_inference_token() -> Response | None:
 
 
 def admin_only(view: Callable[..., Response]) -> Callable[..., Response]:
-    """Token check first (so nothing is revealed to strangers), then name checks (400)."""
+    """The token first, then the version and the request (400). A malformed model name in the
+    URL was already refused, for everyone, by the name guard: that reveals nothing."""
 
     def wrapped(**kwargs: str) -> Response:
         token = _state().admin_token
