@@ -10,10 +10,8 @@ import json
 
 import numpy as np
 import onnx
-import pytest
 from click.testing import CliRunner
 
-from engine import recipes
 from engine.datasets import load_digits
 from exporters.cli import export
 from exporters.trace import run_model
@@ -34,14 +32,6 @@ def infer(server, model: str, x: np.ndarray) -> np.ndarray:
     assert response.status_code == 200, response.text
     out = response.json()["outputs"][0]
     return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
-
-
-@pytest.fixture(scope="module")
-def trained_mlp(tmp_path_factory):
-    """A digits MLP trained for 1 epoch (enough to be a real model, quick to train)."""
-    out = tmp_path_factory.mktemp("ckpt") / "mlp"
-    result = recipes.run("digits-mlp", epochs=1, out=out, seed=1, progress=False)
-    return result, out
 
 
 def test_train_export_serve_predict_matches_engine(trained_mlp, tmp_path, tapeserve_server):

@@ -9,7 +9,7 @@ import numpy as np
 import requests
 from click.testing import CliRunner
 
-from engine import recipes
+from engine import checkpoint as engine_checkpoint
 from engine.datasets import load_digits
 from exporters.cli import export
 from exporters.trace import run_model
@@ -18,15 +18,18 @@ CLIENTS = 4
 
 
 def test_poll_mode_server_switches_to_a_new_export_without_a_failed_request(
-    tmp_path, tapeserve_server
+    trained_mlp, tmp_path, tapeserve_server
 ):
+    _, first = trained_mlp
+    # Version 2 is a different model: the same checkpoint with its output layer scaled.
+    second = tmp_path / "ckpt2"
+    changed = engine_checkpoint.load(first).model
+    changed[-1].weight.data[...] *= 0.5
+    engine_checkpoint.save(second, changed, input_shape=(64,), labels=[str(d) for d in range(10)])
+    models = [engine_checkpoint.load(first).model, engine_checkpoint.load(second).model]
     repo = tmp_path / "models"
-    models = []
-    for seed in (1, 2):  # two different trained models: version 1, then version 2
-        out = tmp_path / f"ckpt{seed}"
-        models.append(recipes.run("digits-mlp", epochs=1, out=out, seed=seed, progress=False))
     args = ["--repository", str(repo), "--name", "mlp"]
-    assert CliRunner().invoke(export, [str(tmp_path / "ckpt1"), *args]).exit_code == 0
+    assert CliRunner().invoke(export, [str(first), *args]).exit_code == 0
     server = tapeserve_server(
         repo, extra_args=["--model-control-mode", "poll", "--poll-interval", "0.3"]
     )
@@ -55,7 +58,7 @@ def test_poll_mode_server_switches_to_a_new_export_without_a_failed_request(
         t.start()
     try:
         time.sleep(1.0)
-        run = CliRunner().invoke(export, [str(tmp_path / "ckpt2"), *args])
+        run = CliRunner().invoke(export, [str(second), *args])
         assert run.exit_code == 0 and "version 2" in run.output, run.output
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not any(v == "2" for v, _ in answers[-20:]):
@@ -68,8 +71,6 @@ def test_poll_mode_server_switches_to_a_new_export_without_a_failed_request(
     assert failures == []
     versions = [v for v, _ in answers]
     assert "1" in versions and versions[-1] == "2"
-    expected = {
-        str(v): run_model(m.model, x)[0].ravel() for v, m in zip((1, 2), models, strict=True)
-    }
+    expected = {str(v): run_model(m, x)[0].ravel() for v, m in zip((1, 2), models, strict=True)}
     for version, data in answers:  # every answer is exactly what its version's engine computes
         np.testing.assert_allclose(data, expected[version], rtol=1e-5, atol=1e-5)
