@@ -52,9 +52,19 @@ def test_no_requested_outputs_means_all_binary(httpclient) -> None:
     assert req.outputs is None and req.binary_output is True
 
 
+def _finite(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype.kind != "f":
+        return arr
+    return np.where(np.isfinite(arr), arr, np.asarray(0.75, arr.dtype))
+
+
+@pytest.mark.parametrize("finite", [True, False], ids=["finite", "nan-inf"])
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
-def test_tritonclient_reads_encoded_responses(httpclient, binary: bool) -> None:
+def test_tritonclient_reads_encoded_responses(httpclient, binary: bool, finite: bool) -> None:
+    """Finite floats take the fast JSON writer, NaN/Infinity the standard one: both must do."""
     tensors = {dt.lower(): sample(dt, (3, 2)) for dt in DATATYPES}
+    if finite:
+        tensors = {name: _finite(arr) for name, arr in tensors.items()}
     body, headers = encode_infer("m", "3", "r9", [(n, a, binary) for n, a in tensors.items()])
     length = headers.get(HEADER_LENGTH)
     result = httpclient.InferenceServerClient.parse_response_body(
