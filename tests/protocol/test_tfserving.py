@@ -161,3 +161,18 @@ def test_status_and_metadata_bodies() -> None:
         "name": "x",
     }
     assert sig["outputs"]["s"]["dtype"] == "DT_STRING"
+
+
+def test_row_format_per_instance_scalars_of_every_kind() -> None:
+    outputs = {
+        "y": np.array([[1.5, 2], [3, 4]], np.float32),
+        "c": np.array([1, 2], np.int64),
+        "p": np.array([0.25, 0.5], np.float16),
+        "b": np.array([True, False]),
+    }
+    assert json.loads(encode_predict(outputs, True)) == {
+        "predictions": [
+            {"y": [1.5, 2.0], "c": 1, "p": 0.25, "b": True},
+            {"y": [3.0, 4.0], "c": 2, "p": 0.5, "b": False},
+        ]
+    }
