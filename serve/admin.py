@@ -335,7 +335,7 @@ def init_model_control(app: Flask, settings: Settings, registry: ModelRegistry) 
     vetting of every model file, the name guard, the admin plane and the control mode."""
     control = ControlSettings.from_settings(settings)
     controller = ModelController(registry, control)
-    registry.vet = lambda path: vet_model(path, control)
+    registry.vet = controller.vet
     name_guard.init_app(app)
     state = AdminState(
         read_token(settings.admin_token_file or None, ADMIN_TOKEN_ENV),

@@ -136,6 +136,19 @@ class ModelController:
         self._stop = threading.Event()
         self._adopted = False
         self._thread: threading.Thread | None = None
+        #: Models an admin unloaded before this worker started (a replacement worker): never
+        #: served here, removed once the start-up load is done.
+        self._unloaded = set()
+        if settings.mode == "explicit" and settings.runtime_dir:
+            requests = _read_requests(Path(settings.runtime_dir) / _REQUESTS_FILE)
+            self._unloaded = {n for n, r in requests.items() if r.get("action") == "unload"}
+
+    def vet(self, path: Path) -> None:
+        """The registry's check before any session: unloaded models, then `vet_model`."""
+        name = path.parent.parent.name
+        if name in self._unloaded:
+            raise ModelRejected(f"model {name!r} was unloaded through the admin API")
+        vet_model(path, self.settings)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -246,6 +259,7 @@ class ModelController:
 
     def _sync_model(self, name: str, settle: bool, reload_failed: bool = False) -> Model | None:
         """Bring one model in line with its folder; return it (None if the folder is gone)."""
+        self._unloaded.discard(name)
         model_dir = self.registry.repository / name
         current_model = self.registry.models.get(name)
         current = dict(current_model.versions) if current_model else {}

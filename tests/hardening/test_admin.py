@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,8 +272,40 @@ def test_triton_style_load_with_files_unload_and_reload(srv: RunningServer, repo
     assert unloaded.status_code == 200 and unloaded.json()["state"] == "UNLOADED"
     _converged(srv, lambda r: r.status_code == 404)
     assert srv.post("/v2/repository/models/add/unload", headers=ADMIN_HEADERS).status_code == 404
+    _replacement_worker_never_serves(srv, "add")
     missing = srv.post("/v2/repository/models/nothere/load", headers=ADMIN_HEADERS)
     assert missing.status_code == 404 and "not in the model repository" in missing.json()["error"]
 
     assert srv.post("/v2/repository/models/add/load", headers=ADMIN_HEADERS).status_code == 200
     _converged(srv, lambda r: r.status_code == 200 and r.json()["model_version"] == "3")
+
+
+def _workers(srv: RunningServer) -> set[int]:
+    pid = srv.process.pid  # the CLI execs Gunicorn: this is the master
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {int(c) for c in children}
+
+
+def _replacement_worker_never_serves(srv: RunningServer, name: str) -> None:
+    """SIGKILL a worker after `name` was unloaded: its replacement loads the repository at start
+    but must not serve `name` (503 while it starts, then 404), never 200."""
+    before = _workers(srv)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    statuses = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        statuses.append(_infer(srv, name).status_code)
+        replaced = sorted(_workers(srv) - before)
+        refused = (
+            replaced
+            and f"[{replaced[0]}] [ERROR]" in srv.log()
+            and (f"model {name!r} was unloaded through the admin API" in srv.log())
+        )
+        if refused and statuses[-16:] == [404] * 16:
+            break
+        time.sleep(0.02)
+    assert 200 not in statuses, "a replacement worker served a model unloaded before it started"
+    assert refused, srv.log()[-3000:]
+    assert statuses[-16:] == [404] * 16, statuses[-40:]
+    assert set(statuses) <= {404, 503}
