@@ -24,6 +24,7 @@ from exporters import rewrites
 from exporters.repository import atomic_write, atomic_write_json, publish_version
 from exporters.trace import BATCH, ExportError, build_graph, run_model
 from exporters.verify import DEFAULT_RTOL, Report, verify_parity, verify_quantized
+from serve.names import validate_model_name
 
 DEFAULT_OPSET = 17
 MODEL_FILE = "model.onnx"
@@ -210,6 +211,7 @@ def export_to_repository(
     """Export a checkpoint into DIR/NAME/<version>/model.onnx after verifying it.
 
     When verification fails the result has `ok` False and nothing is published."""
+    validate_model_name(name)
     shape = tuple(example_shape or checkpoint.input_shape or ())
     if not shape:
         raise ExportError("the checkpoint does not record its input shape: pass --example-shape")

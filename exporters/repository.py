@@ -17,6 +17,8 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from serve.names import validate_model_name
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
@@ -81,8 +83,7 @@ def publish_version(
     With no version, the next free one is taken (retrying if a concurrent writer took it).
     An existing version is refused unless `overwrite`, which replaces each file atomically.
     """
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"invalid model name {name!r}")
+    validate_model_name(name)  # the server's rule: a name the server would refuse is refused here
     if version is not None and version < 1:
         raise ValueError(f"version must be a positive integer, got {version}")
     model_dir = Path(repository) / name

@@ -66,6 +66,9 @@ def test_export_takes_the_next_free_version_and_refuses_a_bad_tolerance(trained_
         assert run.exit_code == 0 and expected in run.output, run.output
     run = CliRunner().invoke(export, [*args, "--version", "1"])
     assert run.exit_code != 0 and "already exists" in run.output
+    run = CliRunner().invoke(export, [*args[:-1], "../escape"])
+    assert run.exit_code != 0 and "path separator" in run.output
+    assert not (tmp_path / "escape").exists()
     run = CliRunner().invoke(export, [*args, "--rtol", "0"])  # float32 rounding exceeds 0
     assert run.exit_code != 0 and "verification failed" in run.output and "FAIL" in run.output
     assert sorted(p.name for p in (repo / "mlp").iterdir()) == [

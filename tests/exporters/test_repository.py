@@ -56,10 +56,14 @@ def test_publish_takes_next_free_version_and_refuses_to_clobber(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("name", ["", "a/b", ".hidden"])
-def test_publish_rejects_bad_names(tmp_path, name):
-    with pytest.raises(ValueError, match="invalid model name"):
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("", "empty"), ("a/b", "path separator"), ("..", "'..'"), (".hidden", "not allowed")],
+)
+def test_publish_rejects_names_the_server_would_refuse(tmp_path, name, reason):
+    with pytest.raises(ValueError, match=reason):
         publish_version(tmp_path, name, {"model.onnx": b""})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_concurrent_publishers_get_distinct_versions(tmp_path):
