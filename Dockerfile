@@ -27,25 +27,32 @@ RUN set -eux; \
     fi; \
     python3 --version
 
+# ---- requirements: the runtime dependency list alone, so that editing other parts of
+# pyproject.toml (version, test extras, tool settings) does not invalidate the dependency layer ----
+FROM python-base AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /requirements.txt
+
 # ---- builder: dependencies first (cached layer), then the project itself ----
 FROM python-base AS builder
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# Wheels are kept in a build cache mount, not in a layer: `pip download` skips files it already
+# has, so a rebuild after a dependency change fetches only what changed (pip's own HTTP cache is
+# not enough: it stores nothing when an index or proxy answers with no-store).
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
+    pip download --quiet -d /var/cache/wheels -r /tmp/requirements.txt \
+    && pip install --no-index --find-links /var/cache/wheels -r /tmp/requirements.txt
 WORKDIR /src
 COPY pyproject.toml ./
-# Install the runtime dependencies listed in pyproject.toml before copying the source, so code
-# changes do not re-download onnxruntime. The pip cache lives in a build cache mount, not a layer.
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt
 COPY README.md ./
 COPY serve ./serve
 COPY engine ./engine
 COPY exporters ./exporters
-RUN --mount=type=cache,target=/root/.cache/pip,sharing=locked \
-    pip install --no-deps . \
+RUN pip install --no-cache-dir --no-deps . \
     && tapeserve --help >/dev/null
 
 # ---- runtime: the venv on a clean base, a non-root user, models from /models ----

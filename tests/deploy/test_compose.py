@@ -1,15 +1,21 @@
-"""deploy/compose.yaml parses, and every file, volume and setting it references exists."""
+"""deploy/compose.yaml parses, references only what exists, and its tapeserve service serves."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
 from serve.settings import ENV_PREFIX, Settings
+from tests.deploy.containers import assert_predictions_match, free_port, run, wait_ready
 from tests.deploy.manifests import DEPLOY, ROOT, load_yaml
+from tests.support.system import require_module, require_tool
 
 COMPOSE = DEPLOY / "compose.yaml"
 _DEFAULTED = re.compile(r"^\$\{(\w+):-(.*)\}$")
@@ -112,3 +118,52 @@ def test_grafana_provisioning_paths_line_up(compose):
     host, port = re.match(r"http://([\w-]+):(\d+)", datasource["url"]).groups()
     assert host in compose["services"]
     assert f"{port}:{port}" in compose["services"][host]["ports"][0]
+
+
+def _podman_compose(*args: str, env: dict[str, str], timeout: float = 120):
+    require_module("podman_compose")
+    command = [sys.executable, "-m", "podman_compose", "-f", str(COMPOSE), *args]
+    return run(command, env, timeout=timeout)
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_podman_compose_resolves_the_stack(profile):
+    require_tool("podman")
+    env = os.environ.copy()
+    for name in ("TAPESERVE_MODELS", "TAPESERVE_IMAGE", "TAPESERVE_GPU_IMAGE"):
+        env.pop(name, None)
+    resolved = yaml.safe_load(_podman_compose("--profile", profile, "config", env=env).stdout)
+    server = "tapeserve" if profile == "cpu" else "tapeserve-gpu"
+    assert set(resolved["services"]) == {server, "prometheus", "grafana"}
+    (models,) = resolved["services"][server]["volumes"]
+    assert (COMPOSE.parent / models["source"]).resolve() == ROOT / "examples" / "models"
+    assert resolved["services"][server]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+@pytest.mark.slow
+@pytest.mark.system
+@pytest.mark.timeout(1800)
+def test_compose_service_serves(podman, image):
+    """`podman-compose up tapeserve` with the compose file's own settings answers predictions."""
+    path, env = podman
+    port = free_port()
+    project = f"tapeserve-test-{uuid.uuid4().hex[:8]}"
+    env = env | {"TAPESERVE_IMAGE": image, "TAPESERVE_HOST_PORT": str(port)}
+    compose = ("-p", project, "--profile", "cpu")
+    _podman_compose(*compose, "up", "-d", "--no-build", "tapeserve", env=env, timeout=300)
+    try:
+        names = run([path, "ps", "-q", "--filter", f"label=io.podman.compose.project={project}"],
+                    env, timeout=60).stdout.split()  # fmt: skip
+        assert len(names) == 1, "exactly the tapeserve service runs"
+
+        def running() -> bool:
+            state = run([path, "inspect", "-f", "{{.State.Status}}", names[0]], env, timeout=30)
+            return state.stdout.strip() == "running"
+
+        wait_ready(f"http://127.0.0.1:{port}", running)
+        assert assert_predictions_match(f"http://127.0.0.1:{port}") >= 1
+        inspect = json.loads(run([path, "inspect", names[0]], env, timeout=30).stdout)[0]
+        assert inspect["HostConfig"]["ReadonlyRootfs"] is True
+    finally:
+        _podman_compose(*compose, "down", "-t", "45", env=env, timeout=300)
