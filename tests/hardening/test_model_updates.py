@@ -71,6 +71,7 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> No
         workers=2,
         threads=8,
         extra_args=["--model-control-mode", "poll", "--poll-interval", "0.5", "--strict-readiness"],
+        env={"TAPESERVE_ADMIN_TOKEN": "t0ken"},
     )
     stop = threading.Event()
     lock = threading.Lock()
@@ -112,6 +113,9 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> No
         metrics_text = srv.metrics()
         status_page = srv.get("/").text
         ready = srv.get("/v2/health/ready").status_code
+        explicit_only = srv.post(
+            "/v2/repository/models/m/load", headers={"Authorization": "Bearer t0ken"}
+        )
     finally:
         stop.set()
         log = srv.log()
@@ -145,6 +149,8 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> No
     assert "UNAVAILABLE" in status_page and "ran out of memory" in status_page
     assert "now serves version(s) [2]" in log
     assert ready == 200, "a failed update must not take a serving replica out of rotation"
+    assert explicit_only.status_code == 400
+    assert "needs --model-control-mode explicit" in explicit_only.json()["error"]
 
 
 def test_half_written_version_waits_until_its_files_stop_changing(tmp_path: Path) -> None:
