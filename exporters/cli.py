@@ -100,6 +100,7 @@ def export(checkpoint: Path, **options: object) -> None:
         raise click.ClickException(str(exc)) from exc
     rewrites = ", ".join(f"{k} {v}" for k, v in result.rewrites.items() if v) or "none"
     click.echo(f"rewrites: {rewrites}")
+    click.echo(f"model: {result.summary}")
     if result.quantization:
         click.echo(f"quantization: {result.quantization}")
     for report in result.reports:

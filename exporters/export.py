@@ -174,10 +174,28 @@ class ExportResult:
     reports: list[Report]
     rewrites: dict[str, int]
     quantization: str | None = None
+    summary: str = ""
 
     @property
     def ok(self) -> bool:
         return all(r.ok for r in self.reports)
+
+
+def describe(model: bytes) -> str:
+    """One line: opset, IR version, signature and size, as the server will see the model."""
+    proto = onnx.load_from_string(model)
+
+    def sig(values) -> str:
+        def dims(v) -> str:
+            return ",".join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)
+
+        return ", ".join(f"{v.name}[{dims(v)}]" for v in values)
+
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    return (
+        f"opset {opset}, IR {proto.ir_version}, {sig(proto.graph.input)} -> "
+        f"{sig(proto.graph.output)}, {len(proto.graph.node)} nodes, {len(model) / 1024:.0f} KiB"
+    )
 
 
 def _write_config(model_dir: Path, max_batch_size: int | None) -> None:
@@ -268,7 +286,7 @@ def export_to_repository(
                 max_drop=max_accuracy_drop,
             )
         )
-    result = ExportResult(Path(repository) / name, 0, reports, done, method)
+    result = ExportResult(Path(repository) / name, 0, reports, done, method, describe(model_bytes))
     if not result.ok:
         return result
     model_dir = Path(repository) / name
