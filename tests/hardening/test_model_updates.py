@@ -200,6 +200,13 @@ def test_broken_version_leaves_the_previous_one_serving(tmp_path: Path) -> None:
     controller.poll_once()  # an unchanged failed version is not retried on every scan
     assert registry.models["m"] is model
 
+    fixed = repo / "m" / "2" / "fixed.tmp"
+    fixed.write_bytes(_model_bytes(2.0))
+    os.replace(fixed, repo / "m" / "2" / "model.onnx")  # changed files: retried once settled
+    controller.poll_once()
+    controller.poll_once()
+    assert registry.version("m").version == 2 and list(registry.models["m"].versions) == [2]
+
 
 def _controller(repo: Path) -> tuple[ModelRegistry, ModelController]:
     settings = ControlSettings(mode="poll", poll_interval=60, retire_delay_s=0.0)
