@@ -4,7 +4,8 @@ Each row times one operation three ways, side by side on the same machine and ru
 - baseline: what a hand-written Flask view does (json + numpy, no checks),
 - tapeserve/json: our codec with orjson switched off (standard library json only),
 - tapeserve: our codec as shipped (orjson where exact, all checks on).
-Ratios are baseline time / our time (above 1 = faster than the baseline).
+Ratios are baseline time / our time (above 1 = faster than the baseline). The binary encode
+row's baseline is the JSON answer a hand-written app would send for the same tensor.
 
     .venv/bin/python benchmarks/protocol_codec.py [--repeat 7]
 """
@@ -112,7 +113,7 @@ def _cases(b: dict[str, bytes]) -> list[tuple[str, Callable[[], object], Callabl
             lambda: encode_infer("m", "1", None, [("y", SAMPLE, False)]),
         ),
         (
-            "V2 encode binary 784 FP32",
+            "V2 encode binary 784 (b: JSON)",
             base_encode(SAMPLE),
             lambda: encode_infer("m", "1", None, [("y", SAMPLE, True)]),
         ),
