@@ -5,6 +5,8 @@ Names follow PyTorch: `Tensor`, `Parameter`, `no_grad`, `manual_seed`, `engine.f
 op lives once in `engine.ops` with its forward, VJP, JVP and ONNX lowering.
 """
 
+import numpy as _np  # noqa: E402
+
 from engine import ops, random, tracing
 from engine.functional import (
     cat,
@@ -39,13 +41,12 @@ from engine.tensor import (
     zeros_like,
 )
 
-float32 = "float32"
-float64 = "float64"
-int64 = "int64"
+float32, float64, int32, int64, bool_ = _np.float32, _np.float64, _np.int32, _np.int64, _np.bool_
 
 __all__ = [
     "Parameter", "Tensor", "arange", "cat", "clamp", "clip", "concat", "enable_grad", "erf",
     "exp", "full", "is_grad_enabled", "log", "manual_seed", "matmul", "maximum", "minimum",
     "no_grad", "ones", "ones_like", "ops", "rand", "randn", "random", "sqrt", "stack",
-    "tensor", "tracing", "where", "zeros", "zeros_like", "float32", "float64", "int64",
+    "tensor", "tracing", "where", "zeros", "zeros_like", "float32", "float64", "int32",
+    "int64", "bool_",
 ]  # fmt: skip

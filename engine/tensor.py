@@ -440,6 +440,36 @@ class Tensor:
             raise RuntimeError("in-place assignment into a tensor that requires grad")
         self.data[_norm_index(index)] = value.data if isinstance(value, Tensor) else value
 
+    # --- in-place updates of the data (not recorded; for init code and optimizers) -----
+    def _inplace(self, name: str) -> np.ndarray:
+        if self.requires_grad and _grad_enabled and self._node is None:
+            raise RuntimeError(
+                f"{name} on a leaf that requires grad: wrap it in engine.no_grad() like torch"
+            )
+        return self.data
+
+    def zero_(self) -> Tensor:
+        self._inplace("zero_")[...] = 0
+        return self
+
+    def fill_(self, value: float) -> Tensor:
+        self._inplace("fill_")[...] = value
+        return self
+
+    def copy_(self, src: Any) -> Tensor:
+        self._inplace("copy_")[...] = src.data if isinstance(src, Tensor) else src
+        return self
+
+    def add_(self, other: Any, alpha: float = 1.0) -> Tensor:
+        data = self._inplace("add_")
+        data += alpha * (other.data if isinstance(other, Tensor) else np.asarray(other))
+        return self
+
+    def mul_(self, other: Any) -> Tensor:
+        data = self._inplace("mul_")
+        data *= other.data if isinstance(other, Tensor) else other
+        return self
+
 
 def _shape_arg(shape: tuple) -> tuple[int, ...]:
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):

@@ -228,3 +228,17 @@ def test_trace_records_every_primitive_with_its_scope_even_under_no_grad():
     assert tr.nodes[1].outputs[0] is h and tr.nodes[-1].outputs[0] is out
     assert tr.nodes[-1].attrs == {"axes": (1,), "keepdims": False}
     assert not engine.tracing.active()
+
+
+def test_in_place_updates_follow_torch_rules():
+    w = engine.Parameter(np.ones(3, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="no_grad"):
+        w.mul_(2.0)
+    with engine.no_grad():
+        w.mul_(2.0).add_(Tensor(np.ones(3, dtype=np.float32)), alpha=0.5)
+    np.testing.assert_allclose(w.data, 2.5)
+    assert w.dtype == np.float32
+    buf = engine.zeros(2)
+    buf.fill_(3.0).copy_(np.array([1.0, 2.0]))
+    np.testing.assert_allclose(buf.zero_().data, 0.0)
+    assert engine.zeros(2, dtype=engine.float64).dtype == np.float64
