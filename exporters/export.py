@@ -262,11 +262,15 @@ def export_to_repository(
         return run_model(checkpoint.model, x)
 
     sizes = [b for b in (1, example_batch + 4) if b != example_batch]
-    reports = [verify_parity(model_bytes, engine_fn, example, batch_sizes=sizes, rtol=rtol)]
-    if samples is not None:
-        reports[0] = verify_parity(
-            model_bytes, engine_fn, example, batch_sizes=sizes, samples=samples, rtol=rtol
-        )
+    try:
+        reports = [
+            verify_parity(
+                model_bytes, engine_fn, example, batch_sizes=sizes, samples=samples, rtol=rtol
+            )
+        ]
+    except Exception as exc:  # onnxruntime refuses or fails on the model
+        msg = f"onnxruntime {ort.__version__} cannot run the exported model: {exc}"
+        raise ExportError(msg) from exc
     method = None
     if quantize:
         if quantize != "int8":
