@@ -71,7 +71,7 @@ def _op(
 _MODEL = {"$ref": "#/components/parameters/model_name"}
 _VERSION = {"$ref": "#/components/parameters/model_version"}
 _LOOKUP_ERRORS = (400, 404, 503)
-_INFER_ERRORS = (400, 401, 403, 404, 413, 415, 500, 501, 503, 504)
+_INFER_ERRORS = (400, 401, 403, 404, 413, 415, 500, 503, 504)
 _PREDICT_ERRORS = (400, 401, 403, 404, 413, 415, 500, 503, 504)
 _ADMIN_ERRORS = (400, 401, 403, 404, 500, 501, 503)
 

@@ -136,9 +136,11 @@ def _check_request_parameters(parameters: dict) -> None:
 
 
 def _check_unsupported(parameters: dict, what: str) -> None:
+    """A 400, as Triton answers a region it does not know: the request names something this
+    server does not have, and a client must not retry it as a server fault."""
     for key, feature in _UNSUPPORTED_PARAMETERS.items():
         if key in parameters:
-            raise ProtocolError(501, f"{what}: {feature} is not supported by this server")
+            raise ProtocolError(400, f"{what}: {feature} is not supported by this server")
 
 
 def _shape(value: Any, what: str) -> tuple[int, ...]:

@@ -268,12 +268,12 @@ ERRORS = [
     ),
     (
         _body(_tensor(), outputs=[{"name": "y", "parameters": {"classification": 2}}]),
-        501,
+        400,
         "classification is not supported",
     ),
     (
         _body({**_tensor(), "parameters": {"shared_memory_region": "r"}}),
-        501,
+        400,
         "input 'x': shared memory is not supported",
     ),
     (
