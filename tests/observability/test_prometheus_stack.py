@@ -40,7 +40,7 @@ TRAFFIC = [
     ),
     ("/v2/models/ident/infer", BAD_BODY, 400, 5, ("ident", "v2", "400"), None),
     ("/v2/models/missing/infer", V2_BODY, 404, 3, ("", "v2", "404"), None),
-    ("/v2/models/broken/infer", V2_BODY, 503, 2, ("", "v2", "503"), None),
+    ("/v2/models/broken/infer", V2_BODY, 503, 2, ("broken", "v2", "503"), None),
 ]
 SAMPLES = 24 * 2 + 10 * 1  # rows executed by the model: the 200s only
 
@@ -128,7 +128,8 @@ def test_request_counters_sum_exactly_to_what_was_sent(stack: Stack) -> None:
     }
     assert counted == {key: float(n) for key, n in stack.sent.items()}
     assert p.value('sum(tapeserve_inference_samples_total{job="tapeserve"})') == SAMPLES
-    with_model = sum(n for (model, _, _), n in stack.sent.items() if model)
+    # Durations are observed for requests that resolved a model version: those to "ident".
+    with_model = sum(n for (model, _, _), n in stack.sent.items() if model == "ident")
     assert p.value('sum(tapeserve_request_duration_seconds_count{job="tapeserve"})') == with_model
     assert p.value('sum(tapeserve_request_duration_seconds_bucket{le="+Inf"})') == with_model
 
