@@ -1,9 +1,11 @@
 """Dynamic batching per model version inside one worker. Knows nothing of HTTP.
 
-Requests queue; a runner thread takes everything queued that shares the head request's
-non-batch shapes and dtypes (up to `max_batch_size` rows) the moment it is free, so an idle
-server adds no waiting while a busy one forms large batches. With `max_queue_delay_ms` the
-runner waits at most that long for a batch to fill. Outputs are split back as views.
+A request that finds the model idle (no queue, an instance free) runs at once in the calling
+thread: no hand-off, no waiting. Otherwise it queues, and a runner thread takes everything
+queued that shares the head request's non-batch shapes and dtypes (up to `max_batch_size`
+rows) the moment an instance is free, so a busy server forms large batches from whatever
+arrived during the previous run. With `max_queue_delay_ms` every request queues and the runner
+waits at most that long for a batch to fill. Outputs are split back as views.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +78,8 @@ class Batcher:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._free = list(runners)  # instances not running a batch right now
+        self._direct = not (self.batching and self.max_queue_delay > 0)
         labels = (model, version)
         self._queue_depth = metrics.QUEUE_DEPTH.labels(*labels)
         self._queue_duration = metrics.QUEUE_DURATION.labels(*labels)
@@ -85,15 +90,53 @@ class Batcher:
         self._queue_depth.set(0)
         self._threads = [
             threading.Thread(
-                target=self._run_forever,
-                args=(runner,),
-                name=f"batcher-{model}-{version}-{i}",
-                daemon=True,
+                target=self._run_forever, name=f"batcher-{model}-{version}-{i}", daemon=True
             )
-            for i, runner in enumerate(runners)
+            for i in range(len(runners))
         ]
         for thread in self._threads:
             thread.start()
+
+    def infer(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> list:
+        """Run one request (alone when idle, else in a batch) and return its outputs.
+
+        Every model output, in signature order. `deadline` is a time.monotonic() value; raises
+        QueueFull (no room), DeadlineExceeded (still queued at the deadline) or what the runner
+        raised for this request.
+        """
+        runner = None
+        if self._direct:
+            with self._cond:
+                if not self._queue and self._free and not self._closed:
+                    runner = self._free.pop()
+        if runner is not None:
+            return self._run_direct(runner, feeds)
+        future = self.submit(feeds, deadline)
+        if deadline is None:
+            return future.result()
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            if future.cancel():  # still queued: it will never run
+                metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
+                raise DeadlineExceeded(
+                    f"request deadline exceeded while queued for model {self.model} "
+                    f"version {self.version}"
+                ) from None
+            return future.result()  # already running: its answer is moments away
+
+    def _run_direct(self, runner: Runner, feeds: dict[str, np.ndarray]) -> list:
+        self._queue_duration.observe(0.0)
+        rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
+        started = time.perf_counter()
+        try:
+            return list(runner(feeds))
+        finally:
+            self._record(rows, time.perf_counter() - started)
+            with self._cond:
+                self._free.append(runner)
+                if self._queue:
+                    self._cond.notify()
 
     def submit(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> Future:
         """Queue one request; the future holds its outputs (every model output, in order).
@@ -143,12 +186,14 @@ class Batcher:
         self._queue_depth.set(len(self._queue))
         return batch
 
-    def _next_batch(self) -> list[_Pending] | None:
+    def _next_batch(self) -> tuple[Runner, list[_Pending]] | None:
+        """Wait for queued work and a free instance; returns both (None once closed)."""
         with self._cond:
-            while not self._queue:
-                if self._closed:
+            while not (self._queue and self._free):
+                if self._closed and not self._queue:
                     return None
                 self._cond.wait()
+            runner = self._free.pop()
             if self.batching and self.max_queue_delay > 0:
                 head = self._queue[0]
                 until = head.enqueued + self.max_queue_delay
@@ -158,8 +203,8 @@ class Batcher:
                         break
                     self._cond.wait(remaining)
                 if not self._queue:
-                    return []
-            return self._take()
+                    return runner, []
+            return runner, self._take()
 
     def _start(self, batch: list[_Pending]) -> list[_Pending]:
         """Drop requests whose client gave up or whose deadline passed; mark the rest running."""
@@ -181,11 +226,12 @@ class Batcher:
             live.append(p)
         return live
 
-    def _run_forever(self, runner: Runner) -> None:
+    def _run_forever(self) -> None:
         while True:
-            batch = self._next_batch()
-            if batch is None:
+            work = self._next_batch()
+            if work is None:
                 return
+            runner, batch = work
             try:
                 batch = self._start(batch)
                 if batch:
@@ -195,6 +241,11 @@ class Batcher:
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
+            finally:
+                with self._cond:
+                    self._free.append(runner)
+                    if self._queue:
+                        self._cond.notify()
 
     def _execute(self, runner: Runner, batch: list[_Pending]) -> None:
         if len(batch) == 1:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,21 +119,10 @@ def resolve(ctx: dict, name: str, version: str | None) -> ModelVersion:
 
 
 def run_model(mv: ModelVersion, feeds: dict[str, np.ndarray], deadline: float | None) -> list:
-    """Queue the request on the model's batcher and wait for its outputs (signature order)."""
+    """Run the request through the model's batcher; its outputs in signature order."""
     rows = next(iter(feeds.values())).shape[0] if mv.batching and feeds else 1
     accesslog.annotate(batch_size=rows)
-    future = mv.batcher.submit(feeds, deadline)  # type: ignore[union-attr]
-    if deadline is None:
-        return future.result()
-    try:
-        return future.result(timeout=max(0.0, deadline - time.monotonic()))
-    except FutureTimeout:
-        if future.cancel():  # still queued: it will never run
-            metrics.REJECTED_REQUESTS.labels(mv.name, "deadline").inc()
-            raise DeadlineExceeded(
-                f"request deadline exceeded while queued for model {mv.name} version {mv.version}"
-            ) from None
-        return future.result()  # already running: its answer is moments away
+    return mv.batcher.infer(feeds, deadline)  # type: ignore[union-attr]
 
 
 def observed(protocol: str, handler: Callable[..., Response]) -> Callable[..., Response]:

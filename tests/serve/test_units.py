@@ -232,3 +232,44 @@ def test_batcher_survives_a_runner_that_misbehaves() -> None:
         batcher.submit({"x": np.ones((1, 2))}).result(5)[0], np.ones((1, 2))
     )
     batcher.close()
+
+
+def test_idle_batcher_runs_a_request_in_the_calling_thread() -> None:
+    threads = []
+
+    def runner(feeds):
+        threads.append(threading.current_thread())
+        return [feeds["x"] + 1]
+
+    batcher = Batcher("m", "1", [runner], max_batch_size=8)
+    out = batcher.infer({"x": np.zeros((2, 3))})
+    np.testing.assert_array_equal(out[0], np.ones((2, 3)))
+    assert threads == [threading.current_thread()]  # no hand-off to a runner thread
+    delayed = Batcher("m", "2", [runner], max_batch_size=8, max_queue_delay_ms=1)
+    delayed.infer({"x": np.zeros((1, 3))})
+    assert threads[-1] is not threading.current_thread()  # a queue delay always queues
+    batcher.close()
+    delayed.close()
+
+
+def test_infer_deadline_while_the_instance_is_busy() -> None:
+    runner = _RecordingRunner()
+    runner.gate.clear()
+    batcher = Batcher("m", "1", [runner], max_batch_size=8)
+    busy = threading.Thread(target=batcher.infer, args=({"x": np.ones((1, 3), np.float32)},))
+    busy.start()  # runs directly in that thread and waits at the gate
+    time.sleep(0.05)
+    with pytest.raises(DeadlineExceeded, match="deadline exceeded while queued"):
+        batcher.infer({"x": np.ones((1, 3), np.float32)}, deadline=time.monotonic() + 0.05)
+    queued = []
+    waiter = threading.Thread(
+        target=lambda: queued.append(batcher.infer({"x": np.ones((2, 3), np.float32)}))
+    )
+    waiter.start()
+    time.sleep(0.05)
+    runner.gate.set()
+    busy.join(5)
+    waiter.join(5)
+    assert queued and queued[0][0].shape == (2, 3)
+    assert runner.batches == [1, 2]  # the expired request never ran
+    batcher.close()
