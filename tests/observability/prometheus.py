@@ -66,7 +66,7 @@ class Prometheus:
         assert body["status"] == "success", body
         return body["data"]
 
-    def wait_for_scrape_after(self, moment: float, timeout: float = 20.0) -> None:
+    def wait_for_scrape_after(self, moment: float, timeout: float = 30.0) -> None:
         """Wait until the newest scrape of the job started after `moment` (time.time())."""
         deadline = time.monotonic() + timeout
         expr = f'min(timestamp(up{{job="{JOB}"}}))'
@@ -110,7 +110,7 @@ def run_prometheus(binary: str, directory: Path, target: str) -> Iterator[Promet
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     prom = Prometheus(f"http://127.0.0.1:{port}", process, log_path)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             assert process.poll() is None, f"prometheus exited:\n{prom.log()}"
             with contextlib.suppress(requests.RequestException, AssertionError):

@@ -28,7 +28,7 @@ def _ready(server) -> dict[str, float]:
     }
 
 
-def _wait_for(server, expected: dict[str, float], timeout: float = 20.0) -> None:
+def _wait_for(server, expected: dict[str, float], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while (seen := _ready(server)) != expected:
         assert time.monotonic() < deadline, f"readiness {seen}, expected {expected}"

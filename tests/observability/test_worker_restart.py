@@ -37,7 +37,7 @@ def _value(server: RunningServer, name: str, **labels: str) -> float:
     return total
 
 
-def _eventually(check: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+def _eventually(check: Callable[[], object], what: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
