@@ -67,17 +67,23 @@ class Adam(Optimizer):
         state["step"] += 1
         step = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        m += (1 - beta1) * (grad - m)
+        work = self._buffer(p.data)
+        np.subtract(grad, m, out=work)  # m.lerp_(grad, 1 - beta1)
+        work *= 1 - beta1
+        m += work
+        np.multiply(grad, grad, out=work)  # v = beta2 * v + (1 - beta2) * grad^2
+        work *= 1 - beta2
         v *= beta2
-        v += (1 - beta2) * grad * grad
+        v += work
         if group["amsgrad"]:
             np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
-        step_size = lr / (1 - beta1**step)
-        denom = np.sqrt(v)
+        denom = np.sqrt(v, out=work)  # sqrt(v) / sqrt(1 - beta2^t) + eps
         denom /= math.sqrt(1 - beta2**step)
         denom += eps
-        p.data -= step_size * (m / denom)
+        update = np.divide(m, denom, out=work)  # p -= lr / (1 - beta1^t) * m / denom
+        update *= lr / (1 - beta1**step)
+        p.data -= update
 
 
 class AdamW(Adam):

@@ -21,6 +21,7 @@ class Optimizer:
         self.defaults = dict(defaults)
         self.state: dict[int, dict[str, Any]] = {}  # keyed by id(param)
         self.param_groups: list[dict[str, Any]] = []
+        self._scratch: dict[tuple[tuple[int, ...], np.dtype, int], np.ndarray] = {}
         groups = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -64,6 +65,15 @@ class Optimizer:
 
     def _update(self, p: Tensor, grad: np.ndarray, state: dict[str, Any], group: dict) -> None:
         raise NotImplementedError
+
+    def _buffer(self, like: np.ndarray, slot: int = 0) -> np.ndarray:
+        """A reusable work array shaped like `like`: updates write into it instead of making
+        fresh temporaries, which for large weights cost a page fault per page every step."""
+        key = (like.shape, like.dtype, slot)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = np.empty_like(like)
+        return buf
 
     # ----- state ---------------------------------------------------------------------------
     def _ordered_params(self) -> list[Tensor]:

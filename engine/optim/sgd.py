@@ -55,6 +55,14 @@ class SGD(Optimizer):
                 buf = state["momentum_buffer"] = np.array(grad, copy=True)
             else:
                 buf *= momentum
-                buf += (1 - group["dampening"]) * grad
-            grad = grad + momentum * buf if group["nesterov"] else buf
-        p.data -= group["lr"] * grad
+                if group["dampening"]:
+                    buf += (1 - group["dampening"]) * grad
+                else:
+                    buf += grad
+            if group["nesterov"]:
+                step = np.multiply(buf, momentum, out=self._buffer(buf))
+                step += grad
+                grad = step
+            else:
+                grad = buf
+        p.data -= np.multiply(grad, group["lr"], out=self._buffer(p.data, 1))
