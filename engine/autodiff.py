@@ -19,10 +19,16 @@ _tensor = importlib.import_module("engine.tensor")  # the module; engine.tensor 
 
 
 def _leaf(x: Any, requires_grad: bool = True) -> Tensor:
+    """A fresh leaf for a primal; integer and boolean primals stay constants."""
     data = x.data if isinstance(x, Tensor) else np.asarray(x)
     if data.dtype.kind != "f":
-        data = data.astype(np.float64)
+        return Tensor(data)
     return Tensor(data.copy(), requires_grad=requires_grad)
+
+
+def _float_leaf(x: Any) -> Tensor:
+    data = x.data if isinstance(x, Tensor) else np.asarray(x)
+    return Tensor(data.astype(np.float64) if data.dtype.kind != "f" else data.copy())
 
 
 def _out(y: Any) -> Tensor:
@@ -47,6 +53,8 @@ def dual_level() -> Iterator[None]:
 def make_dual(primal: Any, tangent: Any) -> Tensor:
     """A tensor carrying (primal, tangent); use inside dual_level()."""
     t = _leaf(primal, requires_grad=False)
+    if t.dtype.kind != "f":
+        raise TypeError(f"only floating tensors can carry a tangent, not {t.dtype}")
     tan = np.asarray(getattr(tangent, "data", tangent), dtype=t.dtype)
     if tan.shape != t.shape:
         raise ValueError(f"tangent shape {tan.shape} does not match primal shape {t.shape}")
@@ -64,7 +72,10 @@ def jvp(f: Callable[..., Tensor], primals: Sequence[Any], tangents: Sequence[Any
     if len(primals) != len(tangents):
         raise ValueError(f"{len(primals)} primals but {len(tangents)} tangents")
     with dual_level():
-        duals = [make_dual(p, t) for p, t in zip(primals, tangents, strict=True)]
+        duals = [
+            make_dual(p, t) if np.asarray(getattr(p, "data", p)).dtype.kind == "f" else _leaf(p)
+            for p, t in zip(primals, tangents, strict=True)
+        ]
         out = _out(f(*duals))
         tangent = out.tangent if out.tangent is not None else np.zeros_like(out.data)
     out.tangent = None
@@ -75,19 +86,22 @@ def jvp(f: Callable[..., Tensor], primals: Sequence[Any], tangents: Sequence[Any
 
 
 def vjp(f: Callable[..., Tensor], *primals: Any) -> tuple[Tensor, Callable]:
-    """(f(*primals), vjp_fn) where vjp_fn(cotangent) returns one gradient array per primal."""
+    """(f(*primals), vjp_fn): vjp_fn(cotangent) gives one gradient per primal (None for
+    integer primals, which are held constant)."""
     leaves = [_leaf(p) for p in primals]
     out = _out(f(*leaves))
 
-    def vjp_fn(cotangent: Any) -> tuple[np.ndarray, ...]:
+    def vjp_fn(cotangent: Any) -> tuple[np.ndarray | None, ...]:
         for leaf in leaves:
             leaf.grad = None
         if out.requires_grad:
             g = np.asarray(getattr(cotangent, "data", cotangent), dtype=out.dtype)
             backward([out], [np.broadcast_to(g, out.shape)])
         return tuple(
-            leaf.grad if leaf.grad is not None else np.zeros_like(leaf.data) for leaf in leaves
-        )
+            None if leaf.dtype.kind != "f" else leaf.grad if leaf.grad is not None
+            else np.zeros_like(leaf.data)
+            for leaf in leaves
+        )  # fmt: skip
 
     return out.detach(), vjp_fn
 
@@ -115,7 +129,7 @@ def jacobian(f: Callable[[Tensor], Tensor], x: Any, mode: str = "auto") -> np.nd
     """
     if mode not in ("auto", "forward", "reverse"):
         raise ValueError(f"mode must be 'auto', 'forward' or 'reverse', not {mode!r}")
-    x0 = _leaf(x, requires_grad=False)
+    x0 = _float_leaf(x)
     if mode == "auto":
         with _tensor.no_grad():
             n_out = _out(f(x0)).data.size

@@ -242,3 +242,16 @@ def test_in_place_updates_follow_torch_rules():
     buf.fill_(3.0).copy_(np.array([1.0, 2.0]))
     np.testing.assert_allclose(buf.zero_().data, 0.0)
     assert engine.zeros(2, dtype=engine.float64).dtype == np.float64
+
+
+def test_integer_primals_are_constants_in_vjp_and_jvp():
+    w = np.arange(6.0).reshape(3, 2)
+    idx = np.array([2, 0, 2])
+    out, vjp_fn = vjp(lambda w, i: F.embedding(i, w), w, idx)
+    gw, gi = vjp_fn(np.ones((3, 2)))
+    assert gi is None
+    np.testing.assert_allclose(gw, [[1, 1], [0, 0], [2, 2]])
+    _, tangent = jvp(lambda w, i: F.embedding(i, w), (w, idx), (np.ones((3, 2)), None))
+    np.testing.assert_allclose(tangent, np.ones((3, 2)))
+    with pytest.raises(TypeError, match="floating"):
+        make_dual(idx, idx)
