@@ -167,3 +167,17 @@ def test_compose_service_serves(podman, image):
         assert inspect["HostConfig"]["ReadonlyRootfs"] is True
     finally:
         _podman_compose(*compose, "down", "-t", "45", env=env, timeout=300)
+
+
+@pytest.mark.system
+def test_promtool_accepts_the_compose_prometheus_config(compose, tmp_path):
+    """The inline scrape config, with the rule files it mounts, passes `promtool check config`."""
+    promtool = require_tool("promtool")
+    prometheus = compose["services"]["prometheus"]
+    (config,) = prometheus["configs"]
+    scrape = yaml.safe_load(compose["configs"][config["source"]]["content"])
+    mounted = {v["target"]: v["source"] for v in prometheus["volumes"] if isinstance(v, dict)}
+    scrape["rule_files"] = [str(DEPLOY / mounted[path]) for path in scrape["rule_files"]]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape))
+    result = run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], {}, timeout=60)
+    assert "SUCCESS" in result.stdout + result.stderr
