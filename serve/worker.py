@@ -1,0 +1,104 @@
+"""The Gunicorn worker tapeserve runs: gthread, with a drain that loses no request on SIGTERM.
+
+Gunicorn's gthread worker already finishes in-flight requests (bodies still arriving included)
+within `graceful_timeout`, and answers requests that still arrive on kept-alive connections with
+`Connection: close`. Two gaps remain, closed here:
+
+- Readiness: `/v2/health/ready` must answer 503 the moment SIGTERM arrives, so a load balancer
+  stops routing here while the drain runs. `draining()` turns true in the signal handler.
+- New connections: a stopping gthread worker stops accepting but keeps its listening socket open
+  until the drain ends, so a client that connects meanwhile is accepted by the kernel, waits out
+  the whole drain, then is reset. This worker accepts what is already in the backlog (served
+  with `Connection: close`) and closes its listener at once: later clients are refused at
+  connect, which every client can retry safely, instead of hanging.
+
+Header errors Gunicorn answers itself (request line or header fields too large, bad syntax) get
+the JSON error shape of every other endpoint instead of Gunicorn's HTML page.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+
+from gunicorn import util
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+_DRAINING = threading.Event()
+
+
+def draining() -> bool:
+    """True once this worker received SIGTERM: it finishes what it has, then exits."""
+    return _DRAINING.is_set()
+
+
+def _write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """Gunicorn's own error answers, as `{"error": ...}` JSON; the connection then closes."""
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\n"
+        "Connection: close\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class DrainingThreadWorker(ThreadWorker):
+    """`ThreadWorker` that reports draining at once and refuses new connections while it drains."""
+
+    def init_process(self) -> None:
+        util.write_error = _write_json_error  # used by handle_error for header-level errors
+        super().init_process()
+
+    drained = False
+
+    def run(self) -> None:
+        super().run()
+        self.drained = True  # everything answered and closed: see exit_after_drain
+
+    def handle_exit(self, sig, frame) -> None:
+        _DRAINING.set()
+        super().handle_exit(sig, frame)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        if not enabled and not self.alive:
+            self._accept_backlog_and_close()
+
+    def _accept_backlog_and_close(self) -> None:
+        """Serve the connections the kernel already completed, then close the listeners."""
+        for listener in self.sockets:
+            if listener.sock is None:
+                continue
+            listener.setblocking(False)
+            while True:
+                try:
+                    client, address = listener.accept()
+                except OSError as exc:
+                    if exc.errno == errno.ECONNABORTED:
+                        continue
+                    break  # EAGAIN: the backlog is empty
+                client.setblocking(True)
+                self.nr_conns += 1
+                self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+            listener.close()
+
+
+def exit_after_drain(worker: object) -> None:
+    """Gunicorn's `worker_exit` hook: end a drained worker with status 0 right away.
+
+    Interpreter teardown with live onnxruntime sessions aborts the process (SIGABRT from a C++
+    destructor) after every request was already answered; skipping it makes the exit clean and
+    quick. Workers that end any other way (boot errors) keep their status.
+    """
+    if getattr(worker, "drained", False):
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
