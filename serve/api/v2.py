@@ -19,6 +19,7 @@ from serve.api.common import (
 from serve.models import ModelVersion, State
 from serve.protocol import v2
 from serve.protocol.validate import validate_request
+from serve.worker import draining
 
 bp = Blueprint("v2", __name__)
 
@@ -34,9 +35,10 @@ def live() -> Response:
 
 @bp.get("/v2/health/ready")
 def ready() -> Response:
-    """Readiness: every model reached a final state (and none failed, with --strict-readiness)."""
+    """Readiness: every model reached a final state (and none failed, with --strict-readiness);
+    false from the moment the worker received SIGTERM (it drains, then exits)."""
     state = server()
-    ok = state.registry.ready(strict=state.settings.strict_readiness)
+    ok = not draining() and state.registry.ready(strict=state.settings.strict_readiness)
     return json_response({"ready": ok}, 200 if ok else 503)
 
 
