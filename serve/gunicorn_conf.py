@@ -40,7 +40,7 @@ bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else
         f"{_settings.host}:{_settings.port}"]  # fmt: skip
 workers = _settings.workers
 threads = _settings.threads
-worker_class = "gthread"
+worker_class = "serve.worker.DrainingThreadWorker"  # gthread + drain (serve/worker.py)
 preload_app = False
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
@@ -81,6 +81,12 @@ def child_exit(server, worker) -> None:
     from serve.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
+
+
+def worker_exit(server, worker) -> None:
+    from serve.worker import exit_after_drain
+
+    exit_after_drain(worker)
 
 
 def on_exit(server) -> None:
