@@ -81,6 +81,15 @@ def main() -> None:
     help="Gunicorn worker timeout in seconds.",
 )
 @click.option(
+    "--graceful-timeout",
+    default=30,
+    show_default=True,
+    type=click.IntRange(min=1),
+    envvar="TAPESERVE_GRACEFUL_TIMEOUT",
+    help="Seconds a SIGTERM drain may take (in-flight and queued requests finish) before "
+    "workers are killed.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
