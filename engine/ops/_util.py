@@ -29,11 +29,13 @@ def norm_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
         return tuple(range(ndim))
     if isinstance(axis, (int, np.integer)):
         axis = (int(axis),)
-    out = sorted({int(a) % ndim if ndim else 0 for a in axis})
     for a in axis:
         if not -max(ndim, 1) <= a < max(ndim, 1):
             raise IndexError(f"dimension {a} is out of range for a tensor with {ndim} dims")
-    return tuple(out)
+    out = [int(a) % ndim if ndim else 0 for a in axis]
+    if len(set(out)) != len(out):
+        raise ValueError(f"dimensions {tuple(axis)} name the same axis more than once")
+    return tuple(sorted(out))
 
 
 def is_float(a: np.ndarray) -> bool:

@@ -465,6 +465,10 @@ def test_clear_errors_for_bad_input():
         F.nll_loss(engine.zeros(2, 3), np.array([0.5, 1.0]))
     with pytest.raises(ValueError, match="probability targets"):
         F.cross_entropy(engine.zeros(2, 3), np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="more than once"):
+        engine.zeros(2, 3).sum((0, -2))
+    with pytest.raises(IndexError, match="out of range"):
+        engine.zeros(2, 3).mean(2)
     with pytest.raises(ValueError, match="reduction"):
         F.mse_loss(engine.zeros(2), engine.zeros(2), reduction="avg")
 
