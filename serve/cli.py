@@ -124,6 +124,7 @@ def serve(model_repository: Path | None, **options: object) -> None:
 
 main.add_command(__import__("engine.cli", fromlist=["train"]).train)
 main.add_command(__import__("exporters.cli", fromlist=["export"]).export)
+main.add_command(__import__("serve.bench_cli", fromlist=["bench_command"]).bench_command)
 
 if __name__ == "__main__":
     main()
