@@ -32,6 +32,13 @@ def build_repository(root: Path) -> Path:
         root, "delayed", builders.mlp((16, 32, 8)), config={"max_queue_delay_ms": 300}
     )
     builders.write_model(root, "on_cuda", builders.identity(), config={"device": "cuda"})
+    builders.write_model(
+        root,
+        "goodsample",
+        builders.identity(),
+        config={"warmup": [{"x": {"shape": [2, 3], "data": [[1, 2, 3], [4, 5, 6]]}}],
+                "instance_count": 2},
+    )  # fmt: skip
     builders.write_model(root, "broken", b"this is not an onnx model")
     builders.write_model(root, "badconfig", builders.identity(), config={"max_batch_size": "8"})
     builders.write_model(

@@ -22,6 +22,9 @@ def test_broken_model_and_bad_config_are_unavailable_with_reason(server) -> None
     assert rows[("broken", "1")]["reason"]
     assert "max_batch_size must be an integer" in rows[("badconfig", None)]["reason"]
     assert "warm-up sample 0 failed" in rows[("badsample", "1")]["reason"]
+    assert rows[("goodsample", "1")]["state"] == "READY"  # its config samples ran
+    config = server.get("/v2/models/goodsample/config").json()
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
     config = server.get("/v2/models/broken/config").json()
     assert config["state"] == "UNAVAILABLE" and config["reason"]
     # every other model keeps serving, and readiness is not held back without strict mode

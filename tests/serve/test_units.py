@@ -273,3 +273,22 @@ def test_infer_deadline_while_the_instance_is_busy() -> None:
     assert queued and queued[0][0].shape == (2, 3)
     assert runner.batches == [1, 2]  # the expired request never ran
     batcher.close()
+
+
+def test_instances_run_batches_side_by_side() -> None:
+    """instance_count 2: two runners, each with its own session, run two batches at once."""
+    running, both = [], threading.Barrier(2, timeout=5)
+
+    def make_runner(name):
+        def runner(feeds):
+            running.append(name)
+            both.wait()  # only returns when the other instance runs at the same time
+            return [feeds["x"]]
+
+        return runner
+
+    batcher = Batcher("m", "1", [make_runner("a"), make_runner("b")], max_batch_size=1)
+    futures = [batcher.submit({"x": np.full((1, 1), i)}) for i in range(2)]
+    assert [f.result(5)[0][0, 0] for f in futures] == [0, 1]
+    assert sorted(running) == ["a", "b"]
+    batcher.close()
