@@ -77,6 +77,22 @@ def test_bundled_repository_serves_and_is_strictly_ready(tapeserve_server) -> No
     assert abs(sum(probabilities) - 1) < 1e-5
 
 
+def test_hand_started_gunicorn_reads_tapeserve_env(tapeserve_server, small_repository) -> None:
+    """The documented plain `gunicorn -c python:serve.gunicorn_conf ...` serves the same way."""
+    srv = tapeserve_server(
+        small_repository,
+        plain_gunicorn=True,
+        workers=2,
+        env={"TAPESERVE_STRICT_READINESS": "1"},
+        wait="live",
+    )
+    srv.wait_models_final()
+    assert srv.get("/v2/health/ready").status_code == 503  # strict: `broken` failed
+    body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0] * 16}]}
+    assert srv.post("/v2/models/mlp/infer", json=body).status_code == 200
+    assert "2 worker(s)" in srv.log()
+
+
 def test_device_cuda_fails_loudly_without_a_gpu(tmp_path) -> None:
     if gpu_device_visible():
         pytest.skip("a GPU is visible here; test_cuda_model_never_silently_runs_on_cpu covers it")

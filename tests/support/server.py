@@ -94,12 +94,16 @@ def start_server(
     env: dict[str, str] | None = None,
     wait: str = "ready",
     timeout: float = 60.0,
+    plain_gunicorn: bool = False,
 ) -> RunningServer:
     """Start `tapeserve serve` on a free port and wait until it is `wait` ("ready"|"live"|"none").
 
     `extra_args` are further CLI options (e.g. ["--strict-readiness", "--max-body-size", "1000"]);
-    `env` adds environment variables. Raises RuntimeError with the server log if it dies or does
-    not become ready in `timeout` seconds. Call `.stop()` when done (the fixture does).
+    `env` adds environment variables. `plain_gunicorn` starts the documented hand-written
+    command (`gunicorn -c python:serve.gunicorn_conf 'serve.app:create_app()'`) with the settings
+    in TAPESERVE_* variables instead of the CLI (then `extra_args` must be empty). Raises
+    RuntimeError with the server log if it dies or does not become ready in `timeout` seconds.
+    Call `.stop()` when done (the fixture does).
     """
     port = free_port()
     scratch = Path(tempfile.mkdtemp(prefix="tapeserve-test-"))
@@ -108,13 +112,24 @@ def start_server(
     (scratch / "metrics").mkdir()
     child_env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
     child_env.update(env or {})
-    argv = [
-        sys.executable, "-m", "serve.cli", "serve",
-        "--model-repository", str(repository),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--workers", str(workers), "--threads", str(threads),
-        *extra_args,
-    ]  # fmt: skip
+    if plain_gunicorn:
+        if extra_args:
+            raise ValueError("plain_gunicorn takes its settings from env, not extra_args")
+        child_env.update(
+            TAPESERVE_MODEL_REPOSITORY=str(repository), TAPESERVE_HOST="127.0.0.1",
+            TAPESERVE_PORT=str(port), TAPESERVE_WORKERS=str(workers),
+            TAPESERVE_THREADS=str(threads),
+        )  # fmt: skip
+        argv = [sys.executable, "-m", "gunicorn", "-c", "python:serve.gunicorn_conf",
+                "serve.app:create_app()"]  # fmt: skip
+    else:
+        argv = [
+            sys.executable, "-m", "serve.cli", "serve",
+            "--model-repository", str(repository),
+            "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--threads", str(threads),
+            *extra_args,
+        ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
