@@ -10,11 +10,15 @@ rows, so every answer is checked to be whole and correct, not just a 200.
 from __future__ import annotations
 
 import collections
+import contextlib
 import http.client
 import json
+import os
+import select
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -49,7 +53,7 @@ class Counts:
         worst = max(self.latencies, default=0.0)
         return (
             f"{title}: sent {self.sent}, 200 {self.ok}, refused at connect {self.refused}, "
-            f"503 overloaded {self.overloaded}, failed {self.failed}"
+            f"503 with Retry-After {self.overloaded}, failed {self.failed}"
             f"{' ' + dict(self.failures).__repr__() if self.failures else ''}; "
             f"slowest answer {worst * 1000:.0f} ms"
         )
@@ -93,6 +97,11 @@ class Client(threading.Thread):
         self.conn: http.client.HTTPConnection | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
+        # As urllib3 does before reusing a pooled connection: one the server closed while it
+        # was idle (readable: EOF) is replaced, not written to.
+        sock = self.conn.sock if self.conn is not None else None
+        if sock is not None and select.select([sock], [], [], 0)[0]:
+            self._drop()
         if self.conn is None:
             conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
             conn.connect()  # ConnectionRefusedError here means nothing was sent
@@ -163,3 +172,26 @@ def wait_for(condition, what: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def workers_of(master: int) -> set[int]:
+    """The pids of the Gunicorn master's children (its workers)."""
+    pids: set[int] = set()
+    for task in Path(f"/proc/{master}/task").iterdir():
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in (task / "children").read_text().split())
+    return pids
+
+
+def connections_held(pid: int, port: int) -> int:
+    """How many established TCP connections to `port` process `pid` holds (/proc/net/tcp)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "01":  # 01: ESTABLISHED
+            inodes.add(f"socket:[{fields[9]}]")
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            held += os.readlink(fd) in inodes
+    return held
