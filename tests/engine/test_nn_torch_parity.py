@@ -32,41 +32,58 @@ def _pair(torch, engine_module: nn.Module, torch_module) -> None:
 
 
 def _check(torch, ours: nn.Module, theirs, x: np.ndarray) -> None:
-    got = ours(engine.Tensor(x))
-    want = theirs(torch.from_numpy(x))
+    """Forward outputs, then gradients of a random projection of them, must agree."""
+    floating = x.dtype.kind == "f"
+    ex = engine.Tensor(x, requires_grad=floating)
+    tx = torch.from_numpy(x).requires_grad_(floating)
+    got, want = ours(ex), theirs(tx)
     np.testing.assert_allclose(np.asarray(got.data), want.detach().numpy(), rtol=RTOL, atol=1e-12)
+    w = np.random.default_rng(7).standard_normal(want.shape)
+    (got * engine.Tensor(w)).sum().backward()
+    (want * torch.from_numpy(w)).sum().backward()
+    if floating:
+        np.testing.assert_allclose(ex.grad, tx.grad.numpy(), rtol=1e-9, atol=1e-12)
+    t_params = dict(theirs.named_parameters())
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, t_params[name].grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+FORWARD_CASES = [
+    (lambda: nn.Linear(7, 5), lambda t: t.nn.Linear(7, 5), (4, 7)),
+    (lambda: nn.Linear(7, 5, bias=False), lambda t: t.nn.Linear(7, 5, bias=False), (3, 2, 7)),
+    (lambda: nn.Conv2d(3, 4, 3), lambda t: t.nn.Conv2d(3, 4, 3), (2, 3, 7, 6)),
+    (
+        lambda: nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), groups=2),
+        lambda t: t.nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), groups=2),
+        (2, 4, 9, 8),
+    ),
+    (lambda: nn.MaxPool2d(2), lambda t: t.nn.MaxPool2d(2), (2, 3, 6, 6)),
+    (lambda: nn.MaxPool2d(3, 2, 1), lambda t: t.nn.MaxPool2d(3, 2, 1), (2, 3, 7, 7)),
+    (lambda: nn.AvgPool2d(2), lambda t: t.nn.AvgPool2d(2), (2, 3, 6, 8)),
+    (lambda: nn.AdaptiveAvgPool2d(1), lambda t: t.nn.AdaptiveAvgPool2d(1), (2, 3, 5, 5)),
+    (
+        lambda: nn.AdaptiveAvgPool2d((2, 3)),
+        lambda t: t.nn.AdaptiveAvgPool2d((2, 3)),
+        (2, 3, 4, 6),
+    ),
+    (lambda: nn.LayerNorm(6), lambda t: t.nn.LayerNorm(6), (3, 4, 6)),
+    (lambda: nn.LayerNorm((4, 6)), lambda t: t.nn.LayerNorm((4, 6)), (3, 4, 6)),
+    (lambda: nn.Flatten(), lambda t: t.nn.Flatten(), (2, 3, 4, 5)),
+    (lambda: nn.ReLU(), lambda t: t.nn.ReLU(), (4, 5)),
+    (lambda: nn.LeakyReLU(0.2), lambda t: t.nn.LeakyReLU(0.2), (4, 5)),
+    (lambda: nn.GELU(), lambda t: t.nn.GELU(), (4, 5)),
+    (lambda: nn.Sigmoid(), lambda t: t.nn.Sigmoid(), (4, 5)),
+    (lambda: nn.Tanh(), lambda t: t.nn.Tanh(), (4, 5)),
+    (lambda: nn.Softmax(1), lambda t: t.nn.Softmax(1), (4, 5)),
+    (lambda: nn.LogSoftmax(1), lambda t: t.nn.LogSoftmax(1), (4, 5)),
+]
 
 
 @pytest.mark.parametrize(
     ("make_ours", "make_theirs", "shape"),
     [
-        (lambda: nn.Linear(7, 5), lambda t: t.nn.Linear(7, 5), (4, 7)),
-        (lambda: nn.Linear(7, 5, bias=False), lambda t: t.nn.Linear(7, 5, bias=False), (3, 2, 7)),
-        (lambda: nn.Conv2d(3, 4, 3), lambda t: t.nn.Conv2d(3, 4, 3), (2, 3, 7, 6)),
-        (
-            lambda: nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), groups=2),
-            lambda t: t.nn.Conv2d(4, 6, (3, 2), stride=2, padding=1, dilation=(1, 2), groups=2),
-            (2, 4, 9, 8),
-        ),
-        (lambda: nn.MaxPool2d(2), lambda t: t.nn.MaxPool2d(2), (2, 3, 6, 6)),
-        (lambda: nn.MaxPool2d(3, 2, 1), lambda t: t.nn.MaxPool2d(3, 2, 1), (2, 3, 7, 7)),
-        (lambda: nn.AvgPool2d(2), lambda t: t.nn.AvgPool2d(2), (2, 3, 6, 8)),
-        (lambda: nn.AdaptiveAvgPool2d(1), lambda t: t.nn.AdaptiveAvgPool2d(1), (2, 3, 5, 5)),
-        (
-            lambda: nn.AdaptiveAvgPool2d((2, 3)),
-            lambda t: t.nn.AdaptiveAvgPool2d((2, 3)),
-            (2, 3, 4, 6),
-        ),
-        (lambda: nn.LayerNorm(6), lambda t: t.nn.LayerNorm(6), (3, 4, 6)),
-        (lambda: nn.LayerNorm((4, 6)), lambda t: t.nn.LayerNorm((4, 6)), (3, 4, 6)),
-        (lambda: nn.Flatten(), lambda t: t.nn.Flatten(), (2, 3, 4, 5)),
-        (lambda: nn.ReLU(), lambda t: t.nn.ReLU(), (4, 5)),
-        (lambda: nn.LeakyReLU(0.2), lambda t: t.nn.LeakyReLU(0.2), (4, 5)),
-        (lambda: nn.GELU(), lambda t: t.nn.GELU(), (4, 5)),
-        (lambda: nn.Sigmoid(), lambda t: t.nn.Sigmoid(), (4, 5)),
-        (lambda: nn.Tanh(), lambda t: t.nn.Tanh(), (4, 5)),
-        (lambda: nn.Softmax(1), lambda t: t.nn.Softmax(1), (4, 5)),
-        (lambda: nn.LogSoftmax(1), lambda t: t.nn.LogSoftmax(1), (4, 5)),
+        pytest.param(*case, id=f"{type(case[0]()).__name__}-{'x'.join(map(str, case[2]))}")
+        for case in FORWARD_CASES
     ],
 )
 def test_module_forward_matches_torch(torch, make_ours, make_theirs, shape):
@@ -94,6 +111,17 @@ def test_batchnorm_train_eval_and_running_stats_match_torch(torch, dims):
     _check(torch, ours, theirs, _x(*shape, seed=9))
 
 
+def test_batchnorm_without_running_stats_or_affine_matches_torch(torch):
+    ours = nn.BatchNorm2d(3, affine=False, track_running_stats=False)
+    theirs = torch.nn.BatchNorm2d(3, affine=False, track_running_stats=False)
+    _pair(torch, ours, theirs)
+    assert list(ours.state_dict()) == []
+    for mode in ("train", "eval"):  # batch statistics in both modes
+        getattr(ours, mode)()
+        getattr(theirs, mode)()
+        _check(torch, ours, theirs, _x(4, 3, 3, 3) * 3 - 1)
+
+
 def test_batchnorm_cumulative_average_when_momentum_is_none(torch):
     ours, theirs = nn.BatchNorm1d(4, momentum=None), torch.nn.BatchNorm1d(4, momentum=None)
     _pair(torch, ours, theirs)
@@ -105,9 +133,7 @@ def test_batchnorm_cumulative_average_when_momentum_is_none(torch):
 def test_embedding_matches_torch(torch):
     ours, theirs = nn.Embedding(10, 4), torch.nn.Embedding(10, 4)
     _pair(torch, ours, theirs)
-    idx = np.array([[1, 2, 9], [0, 0, 5]])
-    got = ours(engine.Tensor(idx))
-    np.testing.assert_allclose(got.data, theirs(torch.from_numpy(idx)).detach().numpy(), rtol=RTOL)
+    _check(torch, ours, theirs, np.array([[1, 2, 9], [0, 0, 5]]))  # 0 twice: gradients add
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
