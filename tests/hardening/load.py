@@ -17,6 +17,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +35,10 @@ class Counts:
     ok: int = 0  # 200 with a whole and correct body
     refused: int = 0  # connection refused at connect: nothing was sent
     overloaded: int = 0  # 503 with Retry-After
+    deadline: int = 0  # 504, where the test sets deadlines
     failed: int = 0  # anything else: 5xx, a wrong or cut body, a reset, a time-out
     failures: collections.Counter = field(default_factory=collections.Counter)
-    latencies: list[float] = field(default_factory=list)
+    latencies: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, detail: str = "", latency: float = 0.0) -> None:
@@ -45,15 +47,20 @@ class Counts:
             setattr(self, outcome, getattr(self, outcome) + 1)
             if outcome == "failed":
                 self.failures[detail] += 1
-            if outcome in ("ok", "overloaded"):
-                self.latencies.append(latency)
+            if outcome in ("ok", "overloaded", "deadline"):
+                self.latencies[outcome].append(latency)
+
+    def percentile_ms(self, outcome: str, q: float) -> float:
+        """The q-th percentile (0-100) of the answer times of `outcome`, in ms."""
+        times = self.latencies.get(outcome) or [0.0]
+        return float(np.percentile(times, q) * 1000)
 
     def table(self, title: str) -> str:
         """One line of counts, printed by every load test (pytest -s shows it)."""
-        worst = max(self.latencies, default=0.0)
+        worst = max((max(v) for v in self.latencies.values() if v), default=0.0)
         return (
             f"{title}: sent {self.sent}, 200 {self.ok}, refused at connect {self.refused}, "
-            f"503 with Retry-After {self.overloaded}, failed {self.failed}"
+            f"503 with Retry-After {self.overloaded}, 504 {self.deadline}, failed {self.failed}"
             f"{' ' + dict(self.failures).__repr__() if self.failures else ''}; "
             f"slowest answer {worst * 1000:.0f} ms"
         )
@@ -83,17 +90,30 @@ def check_answer(body: bytes, total: np.ndarray, product: np.ndarray) -> str:
     return ""
 
 
+Checker = Callable[[bytes], str]
+
+
+def add_mul_request(rng: np.random.Generator) -> tuple[bytes, Checker]:
+    """The default request: fresh `add_mul` rows and the check of their answer."""
+    body, total, product = infer_body(rng)
+    return body, lambda answer: check_answer(answer, total, product)
+
+
 class Client(threading.Thread):
     """One closed-loop client on its own keep-alive connection."""
 
     def __init__(self, port: int, counts: Counts, stop: threading.Event, *, seed: int,
                  budget: int = 10_000, path: str = f"/v2/models/{MODEL}/infer",
-                 stop_when_refused: bool = True, timeout: float = 30.0) -> None:  # fmt: skip
+                 stop_when_refused: bool = True, timeout: float = 30.0,
+                 make_request: Callable[[np.random.Generator], tuple[bytes, Checker]] | None = None,
+                 deadlines_expected: bool = False) -> None:  # fmt: skip
         super().__init__(daemon=True, name=f"load-client-{seed}")
         self.port, self.counts, self.stop_event = port, counts, stop
         self.rng = np.random.default_rng(seed)
         self.budget, self.path = budget, path
         self.stop_when_refused, self.timeout = stop_when_refused, timeout
+        self.make_request = make_request or add_mul_request
+        self.deadlines_expected = deadlines_expected  # 504 counted apart, not as a failure
         self.conn: http.client.HTTPConnection | None = None
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -115,7 +135,7 @@ class Client(threading.Thread):
 
     def one(self) -> str:
         """Send one request and classify it; returns the outcome."""
-        body, total, product = infer_body(self.rng)
+        body, check = self.make_request(self.rng)
         try:
             conn = self._connection()
         except ConnectionRefusedError:
@@ -134,7 +154,7 @@ class Client(threading.Thread):
         if response.will_close:
             self._drop()
         if response.status == 200:
-            problem = check_answer(answer, total, product)
+            problem = check(answer)
             if not problem:
                 self.counts.add("ok", latency=latency)
                 return "ok"
@@ -143,6 +163,9 @@ class Client(threading.Thread):
         if response.status == 503 and response.getheader("Retry-After"):
             self.counts.add("overloaded", latency=latency)
             return "overloaded"
+        if response.status == 504 and self.deadlines_expected:
+            self.counts.add("deadline", latency=latency)
+            return "deadline"
         self.counts.add("failed", f"HTTP {response.status}")
         return "failed"
 
