@@ -1,0 +1,142 @@
+"""`tapeserve bench` against a real tapeserve server (Gunicorn, onnxruntime) on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from serve import bench
+from serve.cli import main
+from serve.protocol import v2
+from tests.serve.builders import mlp, write_model
+from tests.support.server import start_server
+from tests.support.system import require_module
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    write_model(repo, "mlp", mlp((16, 8, 4)), config={"max_batch_size": 8})
+    running = start_server(repo, threads=4)
+    yield running
+    running.stop()
+
+
+def run_bench(*args: str):
+    return CliRunner().invoke(main, ["bench", *args, "--no-progress"], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("protocol", ["--json", "--binary"])
+def test_sweep_writes_json_and_plot(server, tmp_path: Path, protocol: str) -> None:
+    require_module("matplotlib")
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = run_bench(
+        "mlp",
+        "--url",
+        server.url,
+        "-c",
+        "1,3",
+        "-d",
+        "0.6",
+        "--warmup",
+        "0.2",
+        protocol,
+        "--json-out",
+        str(out),
+        "--plot",
+        str(png),
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["protocol"] == protocol[2:]
+    assert doc["settings"]["inputs"] == {"x": {"shape": [1, 16], "dtype": "float32"}}
+    levels = doc["results"]
+    assert [level["concurrency"] for level in levels] == [1, 3]
+    for level in levels:
+        assert level["requests"] > 0 and level["errors"] == 0
+        lat = level["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert level["throughput"] == pytest.approx(level["requests"] / level["duration_s"], 0.01)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 3 |" in result.stdout  # the markdown table on stdout
+
+
+def test_sample_file_and_batch(server, tmp_path: Path) -> None:
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.ones((2, 16), np.float32))
+    body = tmp_path / "body.bin"
+    result = run_bench(
+        "mlp",
+        "--url",
+        server.url,
+        "-c",
+        "2",
+        "-d",
+        "0.3",
+        "--warmup",
+        "0",
+        "--input-file",
+        str(sample),
+        "--save-body",
+        str(body),
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(body.read_bytes())["inputs"][0]["shape"] == [2, 16]
+
+
+def test_bad_sample_is_reported(server, tmp_path: Path) -> None:
+    sample = tmp_path / "x.npy"
+    np.save(sample, np.ones((1, 5), np.float32))
+    result = run_bench("mlp", "--url", server.url, "-d", "0.3", "--input-file", str(sample))
+    assert result.exit_code != 0
+    assert "answered 400" in result.output
+
+
+def test_unknown_model_and_bad_options(server) -> None:
+    result = run_bench("nope", "--url", server.url, "-d", "0.3")
+    assert result.exit_code != 0 and "answered 404" in result.output
+    result = run_bench("mlp", "--url", server.url, "-c", "1,x")
+    assert result.exit_code == 2 and "--concurrency" in result.output
+    result = run_bench("mlp", "--url", "ftp://h")
+    assert result.exit_code != 0 and "http://host:port" in result.output
+
+
+def test_inputs_from_metadata_fill_batch_and_refuse_free_dims() -> None:
+    meta = {
+        "inputs": [
+            {"name": "a", "datatype": "FP32", "shape": [-1, 3]},
+            {"name": "b", "datatype": "INT64", "shape": [-1]},
+            {"name": "c", "datatype": "BOOL", "shape": [2]},
+        ]
+    }
+    arrays = bench.inputs_from_metadata(meta, batch_size=4)
+    assert arrays["a"].shape == (4, 3) and arrays["a"].dtype == np.float32
+    assert arrays["b"].shape == (4,) and arrays["b"].dtype == np.int64
+    assert arrays["c"].dtype == bool
+    with pytest.raises(ValueError, match="--input-file"):
+        bench.inputs_from_metadata(
+            {"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, -1]}]}
+        )
+
+
+@pytest.mark.parametrize("binary_data", [False, True])
+def test_encoded_request_decodes_to_the_same_tensors(binary_data: bool) -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, headers = bench.encode_request({"x": x}, binary_data)
+    request = v2.decode_infer(body, headers.get("Inference-Header-Content-Length"))
+    (decoded,) = request.inputs
+    np.testing.assert_array_equal(np.asarray(decoded.data).reshape(decoded.shape), x)
+    assert request.binary_output is binary_data
+
+
+def test_summarize_percentiles() -> None:
+    result = bench.summarize(4, 2.0, [i / 1000 for i in range(1, 101)], errors=1, first_error="x")
+    assert result.requests == 100 and result.throughput == 50.0 and result.errors == 1
+    assert result.latency_ms["p50"] == pytest.approx(50.5)
+    assert result.latency_ms["p99"] == pytest.approx(99.01)
+    assert result.latency_ms["max"] == 100.0
+    assert "| 4 | 50.0 | 50.50 |" in bench.format_table([result])

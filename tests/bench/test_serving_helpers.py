@@ -1,0 +1,121 @@
+"""The helpers of benchmarks/serving.py: models, bodies, answer checks, wrk parsing, the table."""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import Namespace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from benchmarks import serving
+from tests.support.system import require_tool
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_models_are_seeded_and_run(name: str, tmp_path) -> None:
+    model = serving.build_model(name)
+    assert model.SerializeToString() == serving.build_model(name).SerializeToString()
+    assert model.SerializeToString() != serving.build_model(name, seed=7).SerializeToString()
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.concatenate([serving.sample(name)] * 3)
+    (y,) = session.run(None, {"x": x})
+    assert y.shape == (3, 10) and np.isfinite(y).all() and np.ptp(y[0]) > 0
+    raw = serving.raw_ort(path, name, seconds=0.02, repeats=1)
+    assert set(raw) == set(serving.RAW_BATCHES) and all(
+        v["samples_per_s"] > 0 for v in raw.values()
+    )
+
+
+def test_v2_outputs_reads_json_and_binary_answers() -> None:
+    y = np.arange(10, dtype=np.float32).reshape(1, 10)
+    out = {"name": "y", "shape": [1, 10], "datatype": "FP32"}
+    as_json = json.dumps({"outputs": [{**out, "data": y.ravel().tolist()}]}).encode()
+    np.testing.assert_array_equal(serving.v2_outputs(as_json, {}), y)
+    head = json.dumps({"outputs": [{**out, "parameters": {"binary_data_size": 40}}]}).encode()
+    length = {"inference-header-content-length": str(len(head))}
+    np.testing.assert_array_equal(serving.v2_outputs(head + y.tobytes(), length), y)
+
+
+def test_parse_wrk_sums_errors() -> None:
+    line = (
+        'WRKJSON {"requests":10,"rps":5.0,"p50_ms":1.0,"p99_ms":2.0,"err_connect":1,'
+        '"err_read":0,"err_write":0,"err_status":2,"err_timeout":0}'
+    )
+    assert serving.parse_wrk(f"noise\n{line}\n")["errors"] == 3
+    with pytest.raises(RuntimeError, match="no result"):
+        serving.parse_wrk("Running 1s test")
+
+
+def test_memory_of_own_process_tree() -> None:
+    assert os.getpid() in serving.process_tree(os.getpid())
+    rss, pss = serving.memory_kb([os.getpid()])
+    assert rss > 10_000 and 0 < pss <= rss
+
+
+def _row(label: str, c: int, rps: float, p50: float = 1.0) -> dict:
+    return {
+        "server": label.split()[0],
+        "label": label,
+        "model": "cnn",
+        "connections": c,
+        "body_bytes": 100,
+        "check": "ok",
+        "rps": rps,
+        "p50_ms": p50,
+        "p99_ms": 2 * p50,
+        "errors": 0,
+        "requests": 1,
+        "peak_rss_mb": 1.0,
+        "peak_pss_mb": 1.0,
+    }
+
+
+def test_targets_and_table_from_rows() -> None:
+    rows = [
+        _row("flask sync 2w", 64, 500),
+        _row("flask gthread 1x8", 64, 600),
+        _row("flask gthread 1x8", 1, 500, p50=2.0),
+        _row("tapeserve JSON batch", 1, 400, p50=2.1),
+        _row("tapeserve JSON batch", 64, 2400),
+        _row("tapeserve binary batch", 64, 3000),
+        _row("floor binary body", 64, 4000),
+    ]
+    raw = {"cnn": {1: {"samples_per_s": 9000.0, "ms_per_call": 0.1}}}
+    got = {t: (m, ok) for t, m, _, ok in serving.targets(rows, raw)}
+    assert got["cnn JSON c=64 vs best Flask app"] == ("4.00x", True)
+    assert got["cnn binary vs JSON c=64"] == ("1.25x", False)
+    assert got["cnn c=1 p50 vs best Flask app"] == ("1.05x", True)
+    assert got["cnn binary c=64 vs min(raw ORT best, floor)"] == ("75%", True)
+    raw_full = {"cnn": {b: {"samples_per_s": 1.0, "ms_per_call": 1.0} for b in serving.RAW_BATCHES}}
+    info = {"started": "now", "settings": "s", "versions": {"python": "3"}}
+    text = serving.markdown(rows, raw_full, info, [1, 64])
+    assert (
+        "| tapeserve JSON batch | 100 B | 400 (2.1 / 4.2) [0.80x] | 2,400 (1.0 / 2.0) [4.00x] |"
+        in text
+    )
+    assert "| cnn binary vs JSON c=64 | 1.25x | >= 1.5x | NO |" in text
+
+
+def test_floor_server_under_wrk_and_answer_check(tmp_path) -> None:
+    require_tool("wrk")
+    x = serving.sample("cnn")
+    floor_case = serving.cases_for("cnn", x)["floor"][0]
+    with serving.gunicorn(
+        "floor_app:app",
+        workers=1,
+        threads=2,
+        worker_class="gthread",
+        env={},
+        scratch=tmp_path,
+        health="/",
+    ) as server:
+        assert serving.check_case(server.url, floor_case, np.zeros((1, 10))) == "fixed body"
+        args = Namespace(warmup=1, duration=1)
+        rows = serving.drive(server, [floor_case], {"cnn": None}, [2], args, tmp_path, print)
+    (row,) = rows
+    assert row["requests"] > 0 and row["errors"] == 0 and row["peak_rss_mb"] > 0
