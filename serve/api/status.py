@@ -6,7 +6,9 @@ from flask import Blueprint, Response, render_template
 
 from serve import metrics
 from serve.api.common import json_response, server
+from serve.api.v2 import server_version
 from serve.models import State
+from serve.openapi import openapi_document
 
 bp = Blueprint("status", __name__)
 
@@ -47,7 +49,4 @@ def prometheus_metrics() -> Response:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    from serve.api.v2 import _version
-    from serve.openapi import openapi_document
-
-    return json_response(openapi_document(_version()))
+    return json_response(openapi_document(server_version()))

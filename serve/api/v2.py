@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+
 from flask import Blueprint, Response, request
 
-import serve
 from serve.api.common import (
     deadline_for,
     encoded,
@@ -44,16 +46,16 @@ def ready() -> Response:
 
 @bp.get("/v2")
 def metadata() -> Response:
-    return json_response(v2.server_metadata(SERVER_NAME, _version(), EXTENSIONS))
+    return json_response(v2.server_metadata(SERVER_NAME, server_version(), EXTENSIONS))
 
 
-def _version() -> str:
+@functools.cache
+def server_version() -> str:
+    """The installed tapeserve version ("0" when running from a bare, uninstalled checkout)."""
     try:
-        from importlib.metadata import version
-
-        return version("tapeserve")
-    except Exception:  # running from a bare checkout
-        return getattr(serve, "__version__", "0")
+        return importlib.metadata.version("tapeserve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 @bp.get("/v2/models/<name>")
