@@ -11,6 +11,7 @@ workers that exit.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -58,16 +59,16 @@ else:
 
 
 def on_starting(server) -> None:
-    """Start from an empty metrics directory: stale files from an old run would be summed in."""
+    """Start from a clean metrics directory: stale files from an old run would be summed in.
+
+    Only prometheus_client's own `*.db` files are removed, whatever folder the variable names.
+    """
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
-    if os.path.isdir(path):
-        for name in os.listdir(path):
-            full = os.path.join(path, name)
-            if os.path.isdir(full):
-                shutil.rmtree(full, ignore_errors=True)
-            else:
-                os.unlink(full)
     os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, name))
     server.log.info(
         "tapeserve: model repository %s, device %s, %d worker(s) x %d thread(s)",
         _settings.model_repository,

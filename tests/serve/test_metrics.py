@@ -10,9 +10,17 @@ N = 40
 
 
 def test_scrape_counts_exactly_n_requests_across_workers(
-    tapeserve_server, small_repository
+    tapeserve_server, small_repository, tmp_path
 ) -> None:
-    srv = tapeserve_server(small_repository, workers=2, threads=4)
+    metrics_dir = tmp_path / "multiproc"  # a directory of the user's, holding an old run
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"stale file of an old run")
+    (metrics_dir / "notes.txt").write_text("not ours: must survive")
+    srv = tapeserve_server(
+        small_repository, workers=2, threads=4, env={"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    )
+    assert not (metrics_dir / "counter_999999.db").exists()
+    assert (metrics_dir / "notes.txt").exists()
     body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
     for _ in range(N):
         # a new connection each time, so the kernel spreads requests over both workers
