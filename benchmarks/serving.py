@@ -6,8 +6,8 @@ only figures from one run compare):
 1. builds the MLP 784-512-512-10 and the small CNN (1x28x28 -> conv32 -> pool -> conv64 -> pool
    -> 128 -> 10) with fixed seeds (opset 17, IR 9), a fixed sample and its onnxruntime answer;
 2. raw onnxruntime in-process (intra-op threads 2) at batch 1, 8, 32, 128: the compute limit;
-3. servers, each started fresh and driven by wrk (1 thread, a separate process, Lua body) at
-   1, 8 and 64 connections after a warm-up: the HTTP floor (a bare WSGI callable under Gunicorn
+3. servers, all started side by side and driven by wrk (1 thread, a separate process, Lua body)
+   at 1, 8 and 64 connections after a warm-up, cells interleaved so load drift hits all alike: the HTTP floor (a bare WSGI callable under Gunicorn
    gthread answering a fixed body, with the JSON and the binary request body), the hand-written
    Flask app (Gunicorn sync 2 workers and gthread 1 x 8, JSON, no batching), tapeserve with JSON
    and binary bodies, batching on (max_batch_size 64) and off;
@@ -429,37 +429,63 @@ def check_case(url: str, case: Case, expected: np.ndarray) -> str:
 
 
 def drive(
-    server: Server, cases: list[Case], refs: dict, conns: list[int], args, scratch: Path, log
+    servers: list[tuple[Server, list[Case]]],
+    refs: dict,
+    conns: list[int],
+    args,
+    scratch: Path,
+    log,
 ) -> list[dict]:
-    """Check each case once, then wrk it at each concurrency (warm-up, measured run)."""
-    rows = []
-    sampler = MemorySampler(server.pid)
-    sampler.start()
-    try:
+    """Check every case once, then wrk each at each concurrency (warm-up, measured run).
+
+    All servers run side by side and the cells are interleaved (per model and concurrency, every
+    configuration in turn), so a drift in the load of a shared machine hits all of them alike.
+    """
+    samplers, checks, bodies = [], {}, {}
+    for server, cases in servers:
+        samplers.append(MemorySampler(server.pid))
         for case in cases:
-            check = check_case(server.url, case, refs[case.model])
-            body_file = scratch / f"body-{abs(hash(case.label))}.bin"
-            body_file.write_bytes(case.body)
+            checks[case.label, case.model] = check_case(server.url, case, refs[case.model])
+            bodies[case.label, case.model] = scratch / f"body-{len(bodies)}.bin"
+            bodies[case.label, case.model].write_bytes(case.body)
+    for sampler in samplers:
+        sampler.start()
+    rows = []
+    plan = [
+        (server, case, sampler)
+        for (server, cases), sampler in zip(servers, samplers, strict=True)
+        for case in cases
+    ]
+    try:
+        for model in dict.fromkeys(case.model for _, case, _ in plan):
             for c in conns:
-                run_wrk(server.url + case.path, body_file, case.headers, c, args.warmup)
-                result = run_wrk(server.url + case.path, body_file, case.headers, c, args.duration)
-                row = {
-                    "server": case.server,
-                    "label": case.label,
-                    "model": case.model,
-                    "connections": c,
-                    "body_bytes": len(case.body),
-                    "check": check,
-                    **{k: result[k] for k in ("rps", "p50_ms", "p99_ms", "errors", "requests")},
-                }
-                rows.append(row)
-                log(
-                    f"{case.label:34s} {case.model} c={c:<3d} {row['rps']:9.1f} req/s  p50 "
-                    f"{row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}"
-                )
+                for server, case, sampler in plan:
+                    if case.model != model:
+                        continue
+                    url, body = server.url + case.path, bodies[case.label, case.model]
+                    run_wrk(url, body, case.headers, c, args.warmup)
+                    result = run_wrk(url, body, case.headers, c, args.duration)
+                    row = {
+                        "server": case.server,
+                        "label": case.label,
+                        "model": case.model,
+                        "connections": c,
+                        "body_bytes": len(case.body),
+                        "check": checks[case.label, case.model],
+                        **{k: result[k] for k in ("rps", "p50_ms", "p99_ms", "errors", "requests")},
+                        "_sampler": sampler,
+                    }
+                    rows.append(row)
+                    log(
+                        f"{case.label:26s} {case.model} c={c:<3d} {row['rps']:9.1f} req/s  p50 "
+                        f"{row['p50_ms']:7.2f} ms  p99 {row['p99_ms']:7.2f} ms  "
+                        f"errors {row['errors']}"
+                    )
     finally:
-        sampler.stop()
+        for sampler in samplers:
+            sampler.stop()
     for row in rows:
+        sampler = row.pop("_sampler")
         row["peak_rss_mb"] = round(sampler.peak_rss_kb / 1024, 1)
         row["peak_pss_mb"] = round(sampler.peak_pss_kb / 1024, 1)
     return rows
@@ -712,6 +738,7 @@ def main() -> None:
     parser.add_argument("--servers", default="floor,flask sync,flask gthread,tapeserve")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -775,11 +802,13 @@ def main() -> None:
             ),
             "tapeserve": lambda: tapeserve(repo, workers=args.workers, threads=args.threads),
         }
-        rows: list[dict] = []
-        for server in servers:
-            if cases.get(server):
-                with launch[server]() as running:
-                    rows += drive(running, cases[server], refs, conns, args, scratch, log)
+        with contextlib.ExitStack() as stack:
+            started_servers = [
+                (stack.enter_context(launch[server]()), cases[server])
+                for server in servers
+                if cases.get(server)
+            ]
+            rows = drive(started_servers, refs, conns, args, scratch, log)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     settings = (

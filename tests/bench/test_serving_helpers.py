@@ -116,6 +116,6 @@ def test_floor_server_under_wrk_and_answer_check(tmp_path) -> None:
     ) as server:
         assert serving.check_case(server.url, floor_case, np.zeros((1, 10))) == "fixed body"
         args = Namespace(warmup=1, duration=1)
-        rows = serving.drive(server, [floor_case], {"cnn": None}, [2], args, tmp_path, print)
+        rows = serving.drive([(server, [floor_case])], {"cnn": None}, [2], args, tmp_path, print)
     (row,) = rows
     assert row["requests"] > 0 and row["errors"] == 0 and row["peak_rss_mb"] > 0
