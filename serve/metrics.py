@@ -148,6 +148,14 @@ def render(current: Collection[tuple[str, str]] | None = None) -> tuple[bytes, s
     return generate_latest(registry) + gpu_metrics.exposition(), CONTENT_TYPE_LATEST
 
 
+def samples(names: Collection[str]) -> Iterator:
+    """Current samples (merged over every worker) of the metric families in `names`."""
+    source = _multiprocess.MultiProcessCollector(None) if multiprocess_dir() else REGISTRY
+    for family in source.collect():
+        if family.name in names:
+            yield from family.samples
+
+
 def mark_process_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (called from Gunicorn's child_exit hook)."""
     if multiprocess_dir():

@@ -7,9 +7,11 @@ import importlib.metadata
 
 from flask import Blueprint, Response, request
 
+from serve import metrics
 from serve.api.common import (
     deadline_for,
     encoded,
+    error_response,
     failure,
     json_response,
     observed,
@@ -19,7 +21,8 @@ from serve.api.common import (
     server,
 )
 from serve.models import ModelVersion, State
-from serve.protocol import v2
+from serve.protocol import jsondata, v2
+from serve.protocol.types import ProtocolError
 from serve.protocol.validate import validate_request
 from serve.worker import draining
 
@@ -143,9 +146,88 @@ def _version_status(mv: ModelVersion) -> dict:
     }
 
 
+_STAT_FAMILIES = (
+    "tapeserve_requests",
+    "tapeserve_request_duration_seconds",
+    "tapeserve_queue_duration_seconds",
+    "tapeserve_compute_duration_seconds",
+    "tapeserve_inference_samples",
+    "tapeserve_inference_batches",
+)
+
+
+@bp.get("/v2/models/stats")
+@bp.get("/v2/models/<name>/stats")
+@bp.get("/v2/models/<name>/versions/<version>/stats")
+def model_stats(name: str | None = None, version: str | None = None) -> Response:
+    """Triton's statistics extension, read from the Prometheus counters of every worker."""
+    registry = server().registry
+    try:
+        models = [registry.model(name)] if name is not None else list(registry.models.values())
+        if version is not None:
+            registry.version(name, version)  # type: ignore[arg-type]
+    except Exception as exc:
+        return failure(exc)
+    wanted = {
+        (m.name, str(v)) for m in models for v in m.versions if version is None or str(v) == version
+    }
+    totals: dict[tuple[str, str], dict[str, float]] = {key: {} for key in wanted}
+    for sample in metrics.samples(_STAT_FAMILIES):
+        key = (sample.labels.get("model"), sample.labels.get("version"))
+        if key not in totals:
+            continue
+        field = sample.name
+        if sample.name == "tapeserve_requests_total":
+            field = "success" if sample.labels.get("code") == "200" else "fail"
+        totals[key][field] = totals[key].get(field, 0.0) + sample.value
+
+    def stat(t: dict, count: str, seconds: str | None = None) -> dict:
+        return {"count": int(t.get(count, 0)), "ns": int(t.get(seconds, 0) * 1e9) if seconds else 0}
+
+    rows = []
+    for (model, ver), t in sorted(totals.items()):
+        rows.append(
+            {
+                "name": model,
+                "version": ver,
+                "last_inference": 0,
+                "inference_count": int(t.get("tapeserve_inference_samples_total", 0)),
+                "execution_count": int(t.get("tapeserve_inference_batches_total", 0)),
+                "inference_stats": {
+                    "success": stat(t, "success", "tapeserve_request_duration_seconds_sum"),
+                    "fail": stat(t, "fail"),
+                    "queue": stat(
+                        t,
+                        "tapeserve_queue_duration_seconds_count",
+                        "tapeserve_queue_duration_seconds_sum",
+                    ),
+                    "compute_input": stat(t, ""),
+                    "compute_infer": stat(
+                        t,
+                        "tapeserve_compute_duration_seconds_count",
+                        "tapeserve_compute_duration_seconds_sum",
+                    ),
+                    "compute_output": stat(t, ""),
+                },
+                "batch_stats": [],
+            }
+        )
+    return json_response({"model_stats": rows})
+
+
 @bp.post("/v2/repository/index")
 def repository_index() -> Response:
-    """Every model version with its state (and reason when unavailable)."""
+    """Every model version with its state (and reason when unavailable).
+
+    A body `{"ready": true}` lists only the READY versions, as Triton's index does.
+    """
+    try:
+        body = read_body()
+        options = jsondata.loads(body) if body.strip() else {}
+    except ProtocolError as exc:
+        return failure(exc)
+    if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
+        return error_response(400, 'repository index body must be {} or {"ready": true|false}')
     rows = []
     for model in server().registry.models.values():
         if model.error or not model.versions:
@@ -159,6 +241,8 @@ def repository_index() -> Response:
                     "reason": mv.reason,
                 }
             )
+    if options.get("ready"):
+        rows = [row for row in rows if row["state"] == State.READY.value]
     return json_response(rows)
 
 

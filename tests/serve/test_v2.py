@@ -153,6 +153,9 @@ def test_model_repository_index(server) -> None:
     assert rows[("mlp", "1")]["state"] == "READY"
     assert rows[("broken", "1")]["state"] == "UNAVAILABLE"
     assert rows[("badconfig", None)]["state"] == "UNAVAILABLE"
+    ready_only = server.post("/v2/repository/index", json={"ready": True}).json()
+    assert ready_only and {r["state"] for r in ready_only} == {"READY"}
+    assert server.post("/v2/repository/index", data=b"[1]").status_code == 400
 
 
 def test_status_page(server) -> None:
@@ -186,3 +189,31 @@ def test_plain_requests_client(server) -> None:
 
 def test_builders_mlp_is_deterministic() -> None:
     assert builders.mlp((4, 3)).SerializeToString() == builders.mlp((4, 3)).SerializeToString()
+
+
+def test_inference_statistics(client) -> None:
+    """tritonclient's get_inference_statistics, from the counters of every worker."""
+
+    def stats() -> dict:
+        (row,) = client.get_inference_statistics("addmul")["model_stats"]
+        return row
+
+    before = stats()
+    inputs = []
+    for name in ("a", "b"):
+        tensor = httpclient.InferInput(name, [2, 4], "FP32")
+        tensor.set_data_from_numpy(np.ones((2, 4), np.float32))
+        inputs.append(tensor)
+    for _ in range(3):
+        client.infer("addmul", inputs)
+    after = stats()
+    assert after["name"] == "addmul" and after["version"] == "1"
+    assert after["inference_count"] - before["inference_count"] == 6  # rows
+    assert (
+        after["inference_stats"]["success"]["count"] - before["inference_stats"]["success"]["count"]
+        == 3
+    )
+    assert after["execution_count"] > before["execution_count"]
+    assert after["inference_stats"]["compute_infer"]["ns"] > 0
+    everything = client.get_inference_statistics()["model_stats"]
+    assert {"mlp", "addmul"} <= {row["name"] for row in everything}
