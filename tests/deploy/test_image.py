@@ -1,8 +1,9 @@
 """The Dockerfile builds with podman on a locally made Debian base, and the container serves.
 
-The container runs as the pods do (read-only root, writable /tmp, no capabilities, the example
-model repository mounted read-only at /models); its V2 answers are compared with onnxruntime run
-directly on the host, and `podman stop` must drain and exit 0 within the grace period.
+The container runs as the Kubernetes pod of the cpu overlay does (its ConfigMap environment, user,
+read-only root, emptyDirs as tmpfs, no capabilities, the example model repository mounted
+read-only); its V2 answers are compared with onnxruntime run directly on the host, and
+`podman stop` must drain and exit 0 within the pod's grace period.
 """
 
 from __future__ import annotations
@@ -28,26 +29,59 @@ from tests.deploy.containers import (
     v2_request,
     wait_ready,
 )
+from tests.deploy.kustomize import render
+from tests.deploy.manifests import KUBERNETES, by_kind
 
 pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(1800)]
 
-GRACE_SECONDS = 45  # terminationGracePeriodSeconds of the Kubernetes Deployment
+# The pod of the cpu overlay, as Kubernetes would run it.
+POD = render(KUBERNETES / "overlays" / "cpu")
+GRACE_SECONDS = by_kind(POD, "Deployment")["spec"]["template"]["spec"][
+    "terminationGracePeriodSeconds"
+]
+
+
+def pod_run_flags() -> tuple[list[str], int]:
+    """`podman run` flags equivalent to the Deployment's pod, and the container port.
+
+    Environment from the ConfigMap, the pod's user, read-only root, a tmpfs for every emptyDir
+    mount, no capabilities, the example repository at the models mount.
+    """
+    pod = by_kind(POD, "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    config = by_kind(POD, "ConfigMap")["data"]
+    security = container["securityContext"]
+    flags = [f"--user={pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"]
+    flags += [f"--env={key}={value}" for key, value in config.items()]
+    if security["readOnlyRootFilesystem"]:
+        flags.append("--read-only")
+    flags += [f"--cap-drop={cap}" for cap in security["capabilities"]["drop"]]
+    if not security["allowPrivilegeEscalation"]:
+        flags.append("--security-opt=no-new-privileges")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            flags.append(f"--tmpfs={mount['mountPath']}:rw,mode=1777")
+        elif "persistentVolumeClaim" in volume:
+            flags.append(f"--volume={MODELS}:{mount['mountPath']}:ro")
+    (port,) = container["ports"]
+    return flags, port["containerPort"]
 
 
 @pytest.fixture
 def container(podman, image):
     path, env = podman
     name = f"tapeserve-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
+    host_port = free_port()
+    flags, port = pod_run_flags()
     run(
-        [path, "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp",
-         "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-         "-p", f"127.0.0.1:{port}:8000", "-v", f"{MODELS}:/models:ro", image],
+        [path, "run", "-d", "--name", name, *flags, "-p", f"127.0.0.1:{host_port}:{port}", image],
         env,
         timeout=120,
-    )  # fmt: skip
+    )
     try:
-        yield name, f"http://127.0.0.1:{port}"
+        yield name, f"http://127.0.0.1:{host_port}"
     finally:
         logs = run([path, "logs", name], env, timeout=60, check=False)
         print(f"--- container log ---\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}")
@@ -73,6 +107,9 @@ def test_image_serves_correct_predictions_and_drains_on_stop(podman, container):
     assert "gunicorn" in pid1.replace("\0", " "), f"PID 1 is not Gunicorn: {pid1!r}"
 
     assert_predictions_match(url)
+    metrics = requests.get(f"{url}/metrics", timeout=10)
+    assert metrics.status_code == 200
+    assert "tapeserve_requests_total{" in metrics.text, "multiprocess metrics on the emptyDir"
 
     # A request whose body is still arriving when SIGTERM lands must still be answered.
     model, onnx_path = example_models()[0]
