@@ -253,8 +253,12 @@ class Conv2d(Primitive):
         for gi, cols in enumerate(node.saved):
             go = g2[:, gi * og : (gi + 1) * og]
             if gw is not None:
-                # cols.T @ go is several times faster in OpenBLAS than go.T @ cols here
-                gwg = (cols.T @ go).T.reshape(og, kh, kw, cg)
+                # OpenBLAS runs these skinny long-K products several times faster when the
+                # larger of (features, outputs) is the row count (measured both ways)
+                if cols.shape[1] >= og:
+                    gwg = (cols.T @ go).T.reshape(og, kh, kw, cg)
+                else:
+                    gwg = (go.T @ cols).reshape(og, kh, kw, cg)
                 gw[gi * og : (gi + 1) * og] = gwg.transpose(0, 3, 1, 2)
             if gx is not None:
                 dcols = go @ _weight_matrix(w[gi * og : (gi + 1) * og])
@@ -292,10 +296,11 @@ class Conv2d(Primitive):
 
 
 def _tiled_window_grad(g, arg, kh, kw, x_shape):
-    """Max-pool gradient when windows tile the input (stride == kernel): one one-hot pass."""
+    """Max-pool gradient when windows tile the input (stride == kernel): kh*kw masked copies."""
     n, c, ho, wo = g.shape
-    hot = arg[..., None] == np.arange(kh * kw)
-    tiles = (g[..., None] * hot).reshape(n, c, ho, wo, kh, kw).transpose(0, 1, 2, 4, 3, 5)
+    tiles = np.zeros((n, c, ho, kh, wo, kw), dtype=g.dtype)
+    for k in range(kh * kw):
+        np.copyto(tiles[:, :, :, k // kw, :, k % kw], g, where=arg == k)
     tiles = tiles.reshape(n, c, ho * kh, wo * kw)
     if tiles.shape == tuple(x_shape):
         return tiles
@@ -310,13 +315,19 @@ class MaxPool2d(Primitive):
     saves = True
 
     def forward(x, kernel_size, stride, padding=(0, 0)):
+        # kh*kw whole-array comparisons: far faster than argmax over tiny window rows
         kh, kw = kernel_size
         ho = _out_size(x.shape[2], kh, stride[0], padding[0])
         wo = _out_size(x.shape[3], kw, stride[1], padding[1])
         xp = _pad2d(x, padding, -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
-        win = _windows(xp, kh, kw, stride, (1, 1), ho, wo).reshape(*x.shape[:2], ho, wo, kh * kw)
-        arg = win.argmax(axis=-1)
-        out = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
+        win = _windows(xp, kh, kw, stride, (1, 1), ho, wo)
+        out = win[..., 0, 0].copy()
+        arg = np.zeros(out.shape, dtype=np.int16)
+        for k in range(1, kh * kw):
+            part = win[..., k // kw, k % kw]
+            better = part > out  # strict: ties keep the first maximum, as torch does
+            np.copyto(out, part, where=better)
+            np.copyto(arg, k, where=better)
         return out, arg
 
     def vjp(g, node):
