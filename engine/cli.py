@@ -15,7 +15,7 @@ from engine.recipes import RECIPES
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Checkpoint folder [default: checkpoints/RECIPE].",
+    help="Checkpoint folder [default: runs/RECIPE].",
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed for init and shuffling.")
 @click.option(
@@ -45,7 +45,7 @@ def train(
     """Train RECIPE on the bundled 8x8 digits and save a checkpoint for `tapeserve export`."""
     from engine import recipes
 
-    out = out or Path("checkpoints") / recipe
+    out = out or Path("runs") / recipe
     log_path = log_path or out / "metrics.jsonl"
     result = recipes.run(
         recipe,
