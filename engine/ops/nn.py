@@ -253,12 +253,7 @@ class Conv2d(Primitive):
         for gi, cols in enumerate(node.saved):
             go = g2[:, gi * og : (gi + 1) * og]
             if gw is not None:
-                # OpenBLAS runs these skinny long-K products several times faster when the
-                # larger of (features, outputs) is the row count (measured both ways)
-                if cols.shape[1] >= og:
-                    gwg = (cols.T @ go).T.reshape(og, kh, kw, cg)
-                else:
-                    gwg = (go.T @ cols).reshape(og, kh, kw, cg)
+                gwg = (go.T @ cols).reshape(og, kh, kw, cg)
                 gw[gi * og : (gi + 1) * og] = gwg.transpose(0, 3, 1, 2)
             if gx is not None:
                 dcols = go @ _weight_matrix(w[gi * og : (gi + 1) * og])
