@@ -11,6 +11,7 @@ rebuild it by import path without pickle.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
@@ -19,6 +20,8 @@ import numpy as np
 
 from engine import tracing
 from engine.tensor import Parameter, Tensor
+
+_naming = threading.local()  # id(module) -> attribute name, while a trace runs a model
 
 
 class IncompatibleKeys(NamedTuple):
@@ -41,7 +44,6 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_modules", OrderedDict())
-        object.__setattr__(self, "_scope_name", "")
         object.__setattr__(self, "training", True)
 
     # ----- construction record -------------------------------------------------------------
@@ -70,7 +72,6 @@ class Module:
         elif isinstance(value, Module):
             self.__dict__.pop(name, None)
             self._modules[name] = value
-            object.__setattr__(value, "_scope_name", name)
         elif name in self._buffers:
             self._buffers[name] = value
         else:
@@ -115,8 +116,6 @@ class Module:
             raise TypeError(f"{name!r}: expected an engine.nn.Module, got {type(module).__name__}")
         self.__dict__.pop(name, None)
         self._modules[name] = module
-        if module is not None:
-            object.__setattr__(module, "_scope_name", name)
 
     # ----- traversal -----------------------------------------------------------------------
     def named_modules(self, prefix: str = "", memo: set[int] | None = None):
@@ -263,11 +262,20 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        # The scope only matters to a trace (the exporter names ops by module path).
+        # The scope only matters to a trace: the exporter names each op by its module path.
         if not tracing.active():
             return self.forward(*args, **kwargs)
-        with tracing.scope(self._scope_name):
+        names = getattr(_naming, "names", None)
+        if names is not None:  # inside the traced root: enter this module's attribute name
+            with tracing.scope(names.get(id(self), type(self).__name__)):
+                return self.forward(*args, **kwargs)
+        # The outermost module of a trace: name every submodule by its place under this one
+        # (scopes nest with dots, so each enters only the last part of its qualified name).
+        _naming.names = {id(m): q.rpartition(".")[2] for q, m in self.named_modules()}
+        try:
             return self.forward(*args, **kwargs)
+        finally:
+            _naming.names = None
 
     # ----- display -------------------------------------------------------------------------
     def extra_repr(self) -> str:

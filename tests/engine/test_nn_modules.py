@@ -143,6 +143,13 @@ def test_call_enters_tracing_scope_with_qualified_names():
         outer(engine.Tensor(np.ones((2, 4), dtype=np.float32)))
     scopes = {node.scope for node in tr.nodes}
     assert {"0.0", "0.1", "1"} <= scopes
+    tail = outer[1:]  # a slice re-registers layer "1" as "0" of a new Sequential
+    with tracing.trace() as tr:
+        outer(engine.Tensor(np.ones((2, 4), dtype=np.float32)))
+    assert {node.scope for node in tr.nodes} == scopes
+    with tracing.trace() as tr:
+        tail(engine.Tensor(np.ones((2, 4), dtype=np.float32)))
+    assert {node.scope for node in tr.nodes} == {"0"}
 
 
 def test_bad_inputs_get_clear_errors():
