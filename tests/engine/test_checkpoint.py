@@ -168,3 +168,35 @@ def test_optimizer_class_mismatch_is_refused(tmp_path):
     checkpoint.save(tmp_path, model, opt)
     with pytest.raises(checkpoint.CheckpointError, match="holds engine.optim.adam:Adam state"):
         checkpoint.load(tmp_path, model, optim.SGD(model.parameters(), lr=0.1))
+
+
+class Tagger(nn.Module):
+    """Embedding -> LSTM -> Linear over the time steps (a custom module with an LSTM)."""
+
+    def __init__(self, vocab: int, hidden: int, tags: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 6)
+        self.lstm = nn.LSTM(6, hidden, num_layers=2)
+        self.head = nn.Linear(hidden, tags)
+
+    def forward(self, tokens):
+        out, _ = self.lstm(self.embed(tokens))
+        return self.head(out)
+
+
+def test_named_sequential_and_lstm_model_round_trip(tmp_path):
+    from collections import OrderedDict
+
+    engine.manual_seed(4)
+    named = nn.Sequential(OrderedDict(fc=nn.Linear(4, 3), act=nn.GELU(), out=nn.Linear(3, 2)))
+    checkpoint.save(tmp_path / "named", named)
+    loaded = checkpoint.load(tmp_path / "named").model
+    assert [n for n, _ in loaded.named_children()] == ["fc", "act", "out"]
+    _same_outputs(named, loaded, _x())
+
+    tagger = Tagger(vocab=11, hidden=5, tags=3)
+    checkpoint.save(tmp_path / "tagger", tagger)
+    again = checkpoint.load(tmp_path / "tagger").model
+    tokens = engine.Tensor(np.array([[1, 4, 10, 0], [3, 3, 2, 7]]))
+    _same_outputs(tagger, again, tokens)
+    assert "lstm.weight_hh_l1" in again.state_dict()
