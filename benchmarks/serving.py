@@ -7,8 +7,9 @@ only figures from one run compare):
    -> 128 -> 10) with fixed seeds (opset 17, IR 9), a fixed sample and its onnxruntime answer;
 2. raw onnxruntime in-process (intra-op threads 2) at batch 1, 8, 32, 128: the compute limit;
 3. servers, all started side by side and driven by wrk (1 thread, a separate process, Lua body)
-   at 1, 8 and 64 connections after a warm-up, cells interleaved so load drift hits all alike: the HTTP floor (a bare WSGI callable under Gunicorn
-   gthread answering a fixed body, with the JSON and the binary request body), the hand-written
+   at 1, 8 and 64 connections after a warm-up, cells interleaved so load drift hits all alike:
+   the HTTP floor (a bare WSGI callable under Gunicorn gthread answering a fixed body, with the
+   JSON and the binary request body), the hand-written
    Flask app (Gunicorn sync 2 workers and gthread 1 x 8, JSON, no batching), tapeserve with JSON
    and binary bodies, batching on (max_batch_size 64) and off;
 4. every server's answer is checked against onnxruntime once per configuration; the server's
@@ -814,7 +815,8 @@ def main() -> None:
     settings = (
         f"wrk 1 thread, {args.warmup:g} s warm-up + {args.duration:g} s per cell; "
         f"tapeserve {args.workers} workers x {args.threads} threads, max_batch_size "
-        f"{args.max_batch_size}; Flask app intra-op threads 2"
+        f"{args.max_batch_size}, --log-level warning (no access log, as Triton by default); "
+        "Flask app intra-op threads 2"
     )
     info = {"started": started, "settings": settings, "versions": versions()}
     (args.out / "serving.json").write_text(
