@@ -304,30 +304,48 @@ def _tiled_window_grad(g, arg, kh, kw, x_shape):
     return gx
 
 
+def _pool_parts(x, attrs, fill):
+    """The kh*kw strided (N, C, Ho, Wo) views, one per kernel offset, of the padded input."""
+    kh, kw = attrs["kernel_size"]
+    stride, padding = attrs["stride"], attrs["padding"]
+    ho = _out_size(x.shape[2], kh, stride[0], padding[0])
+    wo = _out_size(x.shape[3], kw, stride[1], padding[1])
+    win = _windows(_pad2d(x, padding, fill), kh, kw, stride, (1, 1), ho, wo)
+    return [win[..., i, j] for i in range(kh) for j in range(kw)]
+
+
+def _lowest(dtype):
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def _first_argmax(node):
+    """Kernel offset of the first maximum in each window (torch's choice on ties)."""
+    x = node.xs[0]
+    parts = _pool_parts(x, node.attrs, _lowest(x.dtype))
+    arg = np.full(node.out.shape, len(parts) - 1, dtype=np.int16)
+    for k in range(len(parts) - 2, -1, -1):
+        np.copyto(arg, k, where=parts[k] == node.out)
+    return arg
+
+
 @register
 class MaxPool2d(Primitive):
+    """Max over kh*kw windows, by whole-array maxima of the kernel-offset views (a reduction
+    over tiny window rows is far slower); which element won is found only for gradients."""
+
     name = "max_pool2d"
-    saves = True
 
     def forward(x, kernel_size, stride, padding=(0, 0)):
-        # kh*kw whole-array comparisons: far faster than argmax over tiny window rows
-        kh, kw = kernel_size
-        ho = _out_size(x.shape[2], kh, stride[0], padding[0])
-        wo = _out_size(x.shape[3], kw, stride[1], padding[1])
-        xp = _pad2d(x, padding, -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
-        win = _windows(xp, kh, kw, stride, (1, 1), ho, wo)
-        out = win[..., 0, 0].copy()
-        arg = np.zeros(out.shape, dtype=np.int16)
-        for k in range(1, kh * kw):
-            part = win[..., k // kw, k % kw]
-            better = part > out  # strict: ties keep the first maximum, as torch does
-            np.copyto(out, part, where=better)
-            np.copyto(arg, k, where=better)
-        return out, arg
+        attrs = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+        parts = _pool_parts(x, attrs, _lowest(x.dtype))
+        out = parts[0].copy()
+        for part in parts[1:]:
+            np.maximum(out, part, out=out)
+        return out
 
     def vjp(g, node):
         a = node.attrs
-        arg = node.saved
+        arg = _first_argmax(node)
         kh, kw = a["kernel_size"]
         if a["stride"] == (kh, kw) and a["padding"] == (0, 0):
             return (_tiled_window_grad(g, arg, kh, kw, node.xs[0].shape),)
@@ -339,12 +357,11 @@ class MaxPool2d(Primitive):
                                  g.dtype),)  # fmt: skip
 
     def jvp(t, node):
-        a = node.attrs
-        kh, kw = a["kernel_size"]
-        ho, wo = node.out.shape[2:]
-        win = _windows(_pad2d(t[0], a["padding"]), kh, kw, a["stride"], (1, 1), ho, wo)
-        win = win.reshape(*t[0].shape[:2], ho, wo, kh * kw)
-        return np.take_along_axis(win, node.saved[..., None], axis=-1)[..., 0]
+        arg = _first_argmax(node)
+        out = np.zeros(node.out.shape, dtype=t[0].dtype)
+        for k, part in enumerate(_pool_parts(t[0], node.attrs, 0)):
+            np.copyto(out, part, where=arg == k)
+        return out
 
     def onnx(ctx, ins, node):
         a = node.attrs
