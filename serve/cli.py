@@ -36,11 +36,12 @@ def main() -> None:
 @click.option("--port", default=8000, show_default=True, type=int, envvar="TAPESERVE_PORT")
 @click.option(
     "--workers",
-    default=1,
+    default=2,
     show_default=True,
     type=click.IntRange(min=1),
     envvar="TAPESERVE_WORKERS",
-    help="Gunicorn worker processes (each loads every model).",
+    help="Gunicorn worker processes (each loads every model); on CPU two use both cores past the "
+    "GIL (docs/performance.md), on GPU use one per device.",
 )
 @click.option(
     "--threads",
