@@ -31,7 +31,9 @@ def _ready(server) -> dict[str, float]:
 def _wait_for(server, expected: dict[str, float], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while (seen := _ready(server)) != expected:
-        assert time.monotonic() < deadline, f"readiness {seen}, expected {expected}"
+        assert time.monotonic() < deadline, (
+            f"readiness {seen}, expected {expected}; server log:\n{server.log()[-6000:]}"
+        )
         time.sleep(0.1)
 
 
