@@ -18,6 +18,7 @@ FROM ${BASE_IMAGE} AS python-base
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LANG=C.UTF-8
 RUN set -eux; \
     if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then \
@@ -27,18 +28,18 @@ RUN set -eux; \
     fi; \
     python3 --version
 
-# ---- requirements: the runtime dependency list alone, so that editing other parts of
-# pyproject.toml (version, test extras, tool settings) does not invalidate the dependency layer ----
+# ---- requirements: the dependency lists alone, so that editing other parts of pyproject.toml
+# (version, test extras, tool settings) does not invalidate the dependency layers ----
 FROM python-base AS requirements
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /requirements.txt
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb")); \
+open("/requirements.txt", "w").write("\n".join(p["project"]["dependencies"]) + "\n"); \
+open("/build-requirements.txt", "w").write("\n".join(p["build-system"]["requires"]) + "\n")'
 
-# ---- builder: dependencies first (cached layer), then the project itself ----
-FROM python-base AS builder
+# ---- deps: a venv with the runtime dependencies only (the big layer, rebuilt when they change) --
+FROM python-base AS deps
 RUN python3 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PATH=/opt/venv/bin:$PATH
 # Wheels are kept in a build cache mount, not in a layer: `pip download` skips files it already
 # has, so a rebuild after a dependency change fetches only what changed (pip's own HTTP cache is
 # not enough: it stores nothing when an index or proxy answers with no-store).
@@ -46,14 +47,19 @@ COPY --from=requirements /requirements.txt /tmp/requirements.txt
 RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
     pip download --quiet -d /var/cache/wheels -r /tmp/requirements.txt \
     && pip install --no-index --find-links /var/cache/wheels -r /tmp/requirements.txt
+
+# ---- builder: the project as a wheel, built without network access once its tools are cached ----
+FROM deps AS builder
+COPY --from=requirements /build-requirements.txt /tmp/build-requirements.txt
+RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
+    pip download --quiet -d /var/cache/wheels -r /tmp/build-requirements.txt \
+    && pip install --no-index --find-links /var/cache/wheels -r /tmp/build-requirements.txt
 WORKDIR /src
-COPY pyproject.toml ./
-COPY README.md ./
+COPY pyproject.toml README.md ./
 COPY serve ./serve
 COPY engine ./engine
 COPY exporters ./exporters
-RUN pip install --no-cache-dir --no-deps . \
-    && tapeserve --help >/dev/null
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 
 # ---- runtime: the venv on a clean base, a non-root user, models from /models ----
 FROM python-base AS runtime
@@ -64,10 +70,14 @@ RUN set -eux; \
         --no-create-home --shell /usr/sbin/nologin tapeserve; \
     mkdir -p /models; \
     chown tapeserve:tapeserve /models
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The project itself is a small layer of its own on top of the dependencies.
+RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
+    pip install --no-cache-dir --no-index --no-deps /dist/*.whl \
+    && tapeserve --help >/dev/null
 # HOME=/tmp: the user has no home, and /tmp is the one writable place on a read-only root.
-ENV PATH=/opt/venv/bin:$PATH \
-    HOME=/tmp \
+ENV HOME=/tmp \
     TAPESERVE_MODEL_REPOSITORY=/models \
     TAPESERVE_HOST=0.0.0.0 \
     TAPESERVE_PORT=8000

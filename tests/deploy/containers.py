@@ -42,10 +42,10 @@ def wait_ready(url: str, running: Callable[[], bool], timeout: float = 180) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+            if requests.get(f"{url}/v2/health/ready", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or slow to answer on a loaded machine
         assert running(), "the container stopped before it became ready"
         time.sleep(1)
     raise AssertionError(f"{url} not ready after {timeout} s")
