@@ -9,6 +9,7 @@ from serve.api.common import json_response, server
 from serve.api.v2 import server_version
 from serve.models import State
 from serve.openapi import openapi_document
+from serve.worker import draining
 
 bp = Blueprint("status", __name__)
 
@@ -33,7 +34,7 @@ def status_page() -> str:
     return render_template(
         "status.html",
         rows=rows,
-        ready=registry.ready(strict=state.settings.strict_readiness),
+        ready=not draining() and registry.ready(strict=state.settings.strict_readiness),
         repository=state.settings.model_repository,
         error=registry.error,
         device=state.settings.device,
