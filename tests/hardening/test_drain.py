@@ -146,6 +146,7 @@ def test_sigterm_under_load_loses_no_request(tapeserve_server, repository: Path)
     assert counts.ok > ok_before, "requests in flight or queued at SIGTERM were answered"
     assert counts.refused == CLIENTS  # each client stops at its first refused connect
     assert _refused(srv.port)
+    assert "Traceback" not in srv.log() and "SIGABRT" not in srv.log()
 
 
 def test_grace_period_bounds_the_drain(tapeserve_server, repository: Path) -> None:
