@@ -131,7 +131,12 @@ def _podman_compose(*args: str, env: dict[str, str], timeout: float = 120):
 def test_podman_compose_resolves_the_stack(profile):
     require_tool("podman")
     env = os.environ.copy()
-    for name in ("TAPESERVE_MODELS", "TAPESERVE_IMAGE", "TAPESERVE_GPU_IMAGE"):
+    for name in (
+        "TAPESERVE_MODELS",
+        "TAPESERVE_IMAGE",
+        "TAPESERVE_GPU_IMAGE",
+        "TAPESERVE_HOST_PORT",
+    ):
         env.pop(name, None)
     resolved = yaml.safe_load(_podman_compose("--profile", profile, "config", env=env).stdout)
     server = "tapeserve" if profile == "cpu" else "tapeserve-gpu"
