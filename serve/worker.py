@@ -52,15 +52,15 @@ def _write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: s
 class DrainingThreadWorker(ThreadWorker):
     """`ThreadWorker` that reports draining at once and refuses new connections while it drains."""
 
+    drained = False  # set once run() returned: see exit_after_drain
+
     def init_process(self) -> None:
         util.write_error = _write_json_error  # used by handle_error for header-level errors
         super().init_process()
 
-    drained = False
-
     def run(self) -> None:
         super().run()
-        self.drained = True  # everything answered and closed: see exit_after_drain
+        self.drained = True  # everything answered, or the grace period ran out
 
     def handle_exit(self, sig, frame) -> None:
         _DRAINING.set()
@@ -95,7 +95,8 @@ def exit_after_drain(worker: object) -> None:
 
     Interpreter teardown with live onnxruntime sessions aborts the process (SIGABRT from a C++
     destructor) after every request was already answered; skipping it makes the exit clean and
-    quick. Workers that end any other way (boot errors) keep their status.
+    quick, and also ends threads still stuck in a request when the grace period ran out.
+    Workers that end any other way (boot errors) keep their status.
     """
     if getattr(worker, "drained", False):
         logging.shutdown()
