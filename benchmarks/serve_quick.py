@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -50,9 +51,13 @@ def run_wrk(url: str, body_file: Path, connections: int, duration: int) -> dict:
         value, unit = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)", out).groups()
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    non_2xx = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors += sum(int(n) for n in socket.groups()) if socket else 0
+    errors = {"non-2xx": non_2xx}
+    if socket:
+        errors.update(
+            zip(("connect", "read", "write", "timeout"), map(int, socket.groups()), strict=True)
+        )
     return {"rps": rps, "p50": latency("50"), "p99": latency("99"), "errors": errors}
 
 
@@ -105,7 +110,7 @@ def main() -> None:
                         run_wrk(urls[name], lua, c, args.duration)
                     )
         results = {key: sorted(r, key=lambda x: x["rps"])[len(r) // 2] for key, r in runs.items()}
-        errors = {key: sum(x["errors"] for x in r) for key, r in runs.items()}
+        errors = {key: sum((Counter(x["errors"]) for x in r), Counter()) for key, r in runs.items()}
         text = server.metrics()
     finally:
         server.stop()
@@ -134,9 +139,9 @@ def main() -> None:
             f"| {batch['rps'] / base['rps']:.2f}x |"
         )
     print(f"\nmean batch size with batching (whole run): {avg_batch('mlp_batch'):.1f}")
-    failed = {k: v for k, v in errors.items() if v}
+    failed = {k: dict(+v) for k, v in errors.items() if +v}
     if failed:
-        print(f"non-2xx responses: {failed}")
+        print(f"failed requests over all rounds (wrk; timeout = no answer in 2 s): {failed}")
 
 
 if __name__ == "__main__":
