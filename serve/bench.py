@@ -5,11 +5,11 @@ request again as soon as the previous answer arrived (like Triton's `perf_analyz
 closed-loop mode and `wrk`). The input tensors come from the model's metadata (`GET
 /v2/models/{m}`: name, datatype, shape with the batch dimension set to `--batch-size`) or from a
 sample file. The first answer of every concurrency level is checked (status 200, every output
-present with the expected element count) before the measured window starts.
+present) before the measured window starts.
 
-The client is Python: one process sends at most a few thousand requests per second, which
-`docs/performance.md` compares with wrk against the same server. For higher rates run wrk (the
-body written by `--save-body`) or several `tapeserve bench` processes.
+The client is Python, so its own threads share the GIL and the machine's cores with whatever
+else runs there; `docs/performance.md` compares it with wrk on the same server. For the highest
+rates run wrk (the body written by `--save-body`) or several `tapeserve bench` processes.
 """
 
 from __future__ import annotations
