@@ -10,6 +10,12 @@ synthesized inputs and writes a verdict; the helper kills it at the time limit. 
 an allocation failure or a timeout becomes a `ProbeResult` with a reason; nothing of it is
 inherited by the caller.
 
+The warm-up follows the serving rule of `serve.models`: zeros of the declared shapes can be
+invalid input for a model (a Range with step 0), so an ordinary error of that warm-up is only a
+`warning` and the model is accepted; running out of memory, crashing or timing out during it
+rejects the model. Warm-up samples from config.json are run by the worker, where a failure makes
+the model unavailable.
+
 By hand: `python -m serve.load_probe MODEL [--memory-limit-bytes N]` prints the verdict as JSON.
 """
 
@@ -44,6 +50,8 @@ class ProbeResult:
     reason: str | None
     seconds: float
     peak_rss_bytes: int | None = None
+    #: Why the synthesized warm-up failed when that did not reject the model, else None.
+    warning: str | None = None
 
 
 def probe_model(
@@ -62,7 +70,11 @@ def probe_model(
     start = time.monotonic()
     verdict = _helper.ask(request, timeout_s)
     return ProbeResult(
-        verdict["ok"], verdict["reason"], time.monotonic() - start, verdict.get("peak_rss_bytes")
+        verdict["ok"],
+        verdict["reason"],
+        time.monotonic() - start,
+        verdict.get("peak_rss_bytes"),
+        verdict.get("warning"),
     )
 
 
@@ -217,14 +229,22 @@ def probe_once(
         fcntl.flock(lock, fcntl.LOCK_EX)
         with contextlib.suppress(OSError, ValueError):
             cached = json.loads(verdict_path.read_text())
-            return ProbeResult(cached["ok"], cached["reason"], 0.0, cached.get("peak_rss_bytes"))
+            return ProbeResult(
+                cached["ok"],
+                cached["reason"],
+                0.0,
+                cached.get("peak_rss_bytes"),
+                cached.get("warning"),
+            )
         result = probe_model(path, memory_limit_bytes, timeout_s)
         tmp = verdict_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(
-            json.dumps(
-                {"ok": result.ok, "reason": result.reason, "peak_rss_bytes": result.peak_rss_bytes}
-            )
-        )
+        verdict = {
+            "ok": result.ok,
+            "reason": result.reason,
+            "peak_rss_bytes": result.peak_rss_bytes,
+            "warning": result.warning,
+        }
+        tmp.write_text(json.dumps(verdict))
         os.replace(tmp, verdict_path)
         return result
 
@@ -248,10 +268,14 @@ def synthesize_inputs(session) -> dict:
     return feeds
 
 
+def _is_memory_failure(exc: BaseException) -> bool:
+    lowered = str(exc).lower()
+    return isinstance(exc, MemoryError) or "alloc" in lowered or "out of memory" in lowered
+
+
 def _describe_failure(stage: str, exc: BaseException, limit: int) -> str:
     text = str(exc).strip() or type(exc).__name__
-    lowered = text.lower()
-    if isinstance(exc, MemoryError) or "alloc" in lowered or "out of memory" in lowered:
+    if _is_memory_failure(exc):
         return (
             f"ran out of memory while {stage} (load probe limit {limit // 1024**2} MiB): "
             f"{text[:500]}"
@@ -262,6 +286,7 @@ def _describe_failure(stage: str, exc: BaseException, limit: int) -> str:
 def _child(path: str, limit: int, warmup: bool) -> dict:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     stage = "importing onnxruntime"
+    warning = None
     try:
         import onnxruntime as ort
 
@@ -274,11 +299,17 @@ def _child(path: str, limit: int, warmup: bool) -> dict:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         if warmup:
             stage = "running the warm-up inference"
-            session.run(None, synthesize_inputs(session))
+            try:
+                session.run(None, synthesize_inputs(session))
+            except Exception as exc:
+                if _is_memory_failure(exc):
+                    raise
+                # zeros may be invalid input for this model: logged by the caller, not fatal
+                warning = _describe_failure("running the warm-up on synthesized zeros", exc, limit)
     except BaseException as exc:  # report everything: the verdict is the product
         return {"ok": False, "reason": _describe_failure(stage, exc, limit)}
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"ok": True, "reason": None, "peak_rss_bytes": peak_kib * 1024}
+    return {"ok": True, "reason": None, "peak_rss_bytes": peak_kib * 1024, "warning": warning}
 
 
 def main(argv: list[str] | None = None) -> int:

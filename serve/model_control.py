@@ -95,6 +95,8 @@ def vet_model(path: Path, settings: ControlSettings) -> None:
         )
         if not result.ok:
             raise ModelRejected(f"load probe: {result.reason}")
+        if result.warning:
+            log.warning("load probe of %s: %s; accepted anyway", path, result.warning)
 
 
 def version_fingerprint(folder: Path) -> tuple:

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from serve.load_probe import probe_model
 from serve.runtime import gpu_device_visible
 from serve.settings import BUNDLED_REPOSITORY
 from tests.serve import builders
@@ -33,16 +34,29 @@ def test_broken_model_and_bad_config_are_unavailable_with_reason(server) -> None
 
 
 def test_failed_synthesized_warmup_is_logged_and_model_serves(tapeserve_server, tmp_path) -> None:
-    # --no-load-probe: the load probe (serve/load_probe.py) also runs a zeros warm-up and
-    # refuses the model when it fails; this checks the core's own warm-up rule.
+    # the load probe runs the same zeros warm-up in its child and follows the same rule
     builders.write_model(tmp_path, "counter", builders.counter())
-    srv = tapeserve_server(tmp_path, extra_args=["--no-load-probe"])
+    srv = tapeserve_server(tmp_path)
     assert index(srv)[("counter", "1")]["state"] == "READY"
+    assert "warm-up on synthesized zeros" in srv.log()  # the probe's warning
     assert "counter version 1: warm-up with synthesized zeros failed" in srv.log()
     body = {"inputs": [{"name": "delta", "shape": [], "datatype": "INT64", "data": [3]}]}
     response = srv.post("/v2/models/counter/infer", json=body)
     assert response.status_code == 200, response.text
     assert response.json()["outputs"][0]["data"] == [0, 3, 6, 9]
+
+
+def test_load_probe_accepts_a_failed_synthesized_warmup_but_not_a_failed_session(
+    tmp_path,
+) -> None:
+    good = builders.write_model(tmp_path, "counter", builders.counter())
+    result = probe_model(good)
+    assert result.ok and result.reason is None
+    assert "failed while running the warm-up on synthesized zeros" in result.warning
+    bad = tmp_path / "garbage.onnx"
+    bad.write_bytes(b"not an onnx model")
+    result = probe_model(bad)
+    assert not result.ok and "creating the inference session" in result.reason
 
 
 def test_cuda_model_never_silently_runs_on_cpu(server) -> None:
