@@ -85,7 +85,7 @@ INFLIGHT_REQUESTS = Gauge(
 )
 REJECTED_REQUESTS = Counter(
     "tapeserve_rejected_requests_total",
-    "Requests refused before running: queue_full, deadline, unavailable.",
+    "Requests refused before running: queue_full, deadline, unavailable, loading.",
     ["model", "reason"],
 )
 MODEL_READY = Gauge(

@@ -113,7 +113,12 @@ def resolve(ctx: dict, name: str, version: str | None) -> ModelVersion:
     registry = server().registry
     if name in registry.models:
         ctx["model"] = name
-    mv = registry.version(name, version)
+    try:
+        mv = registry.version(name, version)
+    except ModelNotReady as exc:
+        reason = "loading" if exc.loading else "unavailable"
+        metrics.REJECTED_REQUESTS.labels(name, reason).inc()
+        raise
     ctx["mv"] = mv
     return mv
 

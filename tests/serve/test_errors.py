@@ -97,10 +97,15 @@ def test_501_unimplemented(server) -> None:
 
 
 def test_503_for_an_unavailable_model(server) -> None:
+    rejected = 'tapeserve_rejected_requests_total{model="broken",reason="unavailable"}'
+    before = _metric(server, rejected)
     assert_error(infer(server, "broken", {"inputs": [X]}), 503, "broken", "unavailable")
     assert_error(infer(server, "badconfig", {"inputs": [X]}), 503, "max_batch_size")
     counted = 'tapeserve_requests_total{code="503",model="broken",protocol="v2",version=""}'
     assert counted in server.metrics()
+    assert _metric(server, rejected) == before + 1
+    assert server.post("/v1/models/broken:predict", json={"instances": [[0]]}).status_code == 503
+    assert _metric(server, rejected) == before + 2
 
 
 def _busy_body(n: int, **parameters) -> dict:
