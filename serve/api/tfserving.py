@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
+from serve import accesslog
 from serve.api.common import (
     deadline_for,
     error_response,
@@ -73,6 +74,8 @@ _observed_predict = observed("tfserving", _predict)
 
 
 def _dispatch(name: str, version: str | None, verb: str | None) -> Response:
+    # the route carries "name:verb" in one segment: name the model in the access log
+    accesslog.annotate(model=name, version=version)
     if verb is None:
         if request.method != "GET":
             return error_response(

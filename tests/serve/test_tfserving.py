@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 
@@ -63,3 +65,17 @@ def test_predict_errors(server) -> None:
     wrong_method = server.get("/v1/models/mlp:predict")
     assert wrong_method.status_code == 405 and "POST" in wrong_method.json()["error"]
     assert server.post("/v1/models/mlp:classify", json={}).status_code == 501
+
+
+def test_access_log_names_an_unknown_model_of_a_predict_request(server) -> None:
+    response = server.post("/v1/models/nosuch:predict", json={"instances": [[0]]})
+    assert response.status_code == 404
+    assert _access_entry(server, response)["model"] == "nosuch"
+    response = server.post("/v1/models/nosuch/versions/7:predict", json={"instances": [[0]]})
+    entry = _access_entry(server, response)
+    assert (entry["model"], entry["version"]) == ("nosuch", "7")
+
+
+def _access_entry(server, response) -> dict:
+    marker = f'"request_id":"{response.headers["X-Request-ID"]}"'
+    return next(json.loads(line) for line in server.log().splitlines() if marker in line)
