@@ -15,9 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -36,14 +34,63 @@ class DeadlineExceeded(Exception):
     """The request's deadline passed before it could run (504)."""
 
 
-@dataclass
+_QUEUED, _RUNNING, _CANCELLED = 0, 1, 2
+
+
 class _Pending:
-    feeds: dict[str, np.ndarray]
-    rows: int
-    key: tuple
-    deadline: float | None
-    enqueued: float = field(default_factory=time.monotonic)
-    future: Future = field(default_factory=Future)
+    """One queued request and its answer; the waiting thread is woken exactly once.
+
+    The signal is a plain lock held from creation and released when the answer is set: the
+    cheapest wake-up CPython has (concurrent.futures.Future pays a Condition, a notify_all and
+    a fresh waiter lock per request, which under load was the largest share of the GIL time).
+    `state` changes only under the batcher's lock, so a waiter giving up and the runner taking
+    the request cannot both win.
+    """
+
+    __slots__ = ("feeds", "rows", "key", "deadline", "enqueued", "state", "_signal", "_done",
+                 "_value", "_error")  # fmt: skip
+
+    def __init__(
+        self, feeds: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None
+    ) -> None:
+        self.feeds, self.rows, self.key, self.deadline = feeds, rows, key, deadline
+        self.enqueued = time.monotonic()
+        self.state = _QUEUED
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._done = False
+        self._value: list | None = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the answer is set (or `timeout` seconds passed); True when it is."""
+        if self._done:
+            return True
+        if not self._signal.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        self._signal.release()  # later waits return at once
+        return True
+
+    def result(self, timeout: float | None = None) -> list:
+        """The outputs (every model output, in order), or raise what the run raised."""
+        if not self.wait(timeout):
+            raise FutureTimeout()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+    def set_result(self, value: list) -> None:
+        self._value = value
+        self._done = True
+        self._signal.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._done = True
+        self._signal.release()
 
 
 def _batch_key(feeds: dict[str, np.ndarray]) -> tuple:
@@ -111,19 +158,22 @@ class Batcher:
                     runner = self._free.pop()
         if runner is not None:
             return self._run_direct(runner, feeds)
-        future = self.submit(feeds, deadline)
-        if deadline is None:
-            return future.result()
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except FutureTimeout:
-            if future.cancel():  # still queued: it will never run
-                metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
-                raise DeadlineExceeded(
-                    f"request deadline exceeded while queued for model {self.model} "
-                    f"version {self.version}"
-                ) from None
-            return future.result()  # already running: its answer is moments away
+        pending = self.submit(feeds, deadline)
+        if deadline is None or pending.wait(deadline - time.monotonic()):
+            return pending.result()
+        with self._cond:
+            cancelled = pending.state == _QUEUED
+            if cancelled:  # still queued: it will never run
+                pending.state = _CANCELLED
+                self._queue.remove(pending)
+                self._queue_depth.set(len(self._queue))
+        if cancelled:
+            metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
+            raise DeadlineExceeded(
+                f"request deadline exceeded while queued for model {self.model} "
+                f"version {self.version}"
+            )
+        return pending.result()  # already running: its answer is moments away
 
     def _run_direct(self, runner: Runner, feeds: dict[str, np.ndarray]) -> list:
         self._queue_duration.observe(0.0)
@@ -138,8 +188,8 @@ class Batcher:
                 if self._queue:
                     self._cond.notify()
 
-    def submit(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> Future:
-        """Queue one request; the future holds its outputs (every model output, in order).
+    def submit(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> _Pending:
+        """Queue one request; `.result(timeout)` of the returned handle gives its outputs.
 
         `deadline` is a time.monotonic() value. Raises QueueFull when the queue is at its bound.
         """
@@ -157,7 +207,7 @@ class Batcher:
             self._queue.append(pending)
             self._queue_depth.set(len(self._queue))
             self._cond.notify()
-        return pending.future
+        return pending
 
     def close(self) -> None:
         """Stop the runners after the queue drains."""
@@ -173,11 +223,13 @@ class Batcher:
     def _take(self) -> list[_Pending]:
         """Remove and return the next batch: the head plus every compatible request that fits."""
         head = self._queue.popleft()
+        head.state = _RUNNING
         batch = [head]
         if self.batching and self._queue:
             rows, keep = head.rows, collections.deque()
             for p in self._queue:
                 if p.key == head.key and rows + p.rows <= self.max_batch_size:
+                    p.state = _RUNNING
                     batch.append(p)
                     rows += p.rows
                 else:
@@ -207,15 +259,13 @@ class Batcher:
             return runner, self._take()
 
     def _start(self, batch: list[_Pending]) -> list[_Pending]:
-        """Drop requests whose client gave up or whose deadline passed; mark the rest running."""
+        """Fail requests whose deadline passed; the rest run."""
         now = time.monotonic()
         live = []
         for p in batch:
-            if not p.future.set_running_or_notify_cancel():
-                continue  # the waiting thread cancelled it after its deadline
             if p.deadline is not None and now > p.deadline:
                 metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
-                p.future.set_exception(
+                p.set_exception(
                     DeadlineExceeded(
                         f"request deadline exceeded after {1000 * (now - p.enqueued):.1f} ms "
                         f"in the queue of model {self.model} version {self.version}"
@@ -239,8 +289,8 @@ class Batcher:
             except BaseException as exc:  # never let the runner die: waiters would hang
                 log.exception("batcher %s/%s: unexpected error", self.model, self.version)
                 for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
+                    if not p.done():
+                        p.set_exception(exc)
             finally:
                 with self._cond:
                     self._free.append(runner)
@@ -261,14 +311,14 @@ class Batcher:
         except Exception as exc:
             self._record(rows, time.perf_counter() - started)
             if len(batch) == 1:
-                batch[0].future.set_exception(exc)
+                batch[0].set_exception(exc)
             else:  # isolate the faulty request: the others must still get their answers
                 for p in batch:
                     self._execute(runner, [p])
             return
         self._record(rows, time.perf_counter() - started)
         if len(batch) == 1:
-            batch[0].future.set_result(outputs)
+            batch[0].set_result(outputs)
             return
         if any(out.ndim == 0 or out.shape[0] != rows for out in outputs):
             for p in batch:  # outputs not aligned with the batch rows: run each on its own
@@ -277,7 +327,7 @@ class Batcher:
         offset = 0
         for p in batch:
             end = offset + p.rows
-            p.future.set_result([out[offset:end] for out in outputs])
+            p.set_result([out[offset:end] for out in outputs])
             offset = end
 
     def _record(self, rows: int, seconds: float) -> None:
