@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 from serve.runtime import DeviceError, check_device
-from serve.settings import Settings
+from serve.settings import Settings, normalize_multiproc_dir
 
 try:
     _settings = Settings.from_env()
@@ -27,8 +27,9 @@ except (ValueError, DeviceError) as exc:
     sys.exit(f"tapeserve: {exc}")
 os.environ.update(_settings.to_env())  # workers read the same settings, defaults resolved
 
-# Multiprocess metrics: set before prometheus_client is imported anywhere (it reads it once).
-_own_metrics_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+# Multiprocess metrics: set before prometheus_client is imported anywhere (it reads it once);
+# an empty value counts as unset (it would put the metric files in the current directory).
+_own_metrics_dir = normalize_multiproc_dir() is None
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tapeserve-metrics-")
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Iterator
 
-from prometheus_client import (
+from serve.settings import normalize_multiproc_dir
+
+normalize_multiproc_dir()  # before prometheus_client reads it: never metric files in the cwd
+
+from prometheus_client import (  # noqa: E402
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
@@ -20,9 +24,9 @@ from prometheus_client import (
     Metric,
     generate_latest,
 )
-from prometheus_client import multiprocess as _multiprocess
+from prometheus_client import multiprocess as _multiprocess  # noqa: E402
 
-from serve import gpu_metrics
+from serve import gpu_metrics  # noqa: E402
 
 #: 100 us to 10 s in 1-2.5-5 steps: a batch-1 onnxruntime call of a small model takes ~0.1 ms,
 #: a request through HTTP ~1 ms, a queue under overload seconds; each decade gets 3 buckets.

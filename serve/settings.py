@@ -25,6 +25,25 @@ def default_model_repository() -> Path:
     return local if local.is_dir() else BUNDLED_REPOSITORY
 
 
+MULTIPROC_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def normalize_multiproc_dir(environ=os.environ) -> str | None:
+    """Make PROMETHEUS_MULTIPROC_DIR absolute, or remove it when empty; returns the value.
+
+    prometheus_client switches to multiprocess mode whenever the variable exists and writes its
+    `*.db` files to `os.path.join(value, name)`: an empty value means the current directory (a
+    checkout, a user's home). A relative value would name different folders in a Gunicorn master
+    and in workers started with `--chdir`. Call it before prometheus_client is imported.
+    """
+    value = environ.get(MULTIPROC_DIR_VAR, "").strip()
+    if not value:
+        environ.pop(MULTIPROC_DIR_VAR, None)
+        return None
+    environ[MULTIPROC_DIR_VAR] = os.path.abspath(value)
+    return environ[MULTIPROC_DIR_VAR]
+
+
 def parse_device(value: str) -> str:
     """Normalise a device name; raises ValueError naming the accepted forms."""
     device = value.strip().lower()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import requests
 
 from tests.serve.test_batching import metric
@@ -66,3 +70,27 @@ def test_metric_names_contract(server) -> None:
     ):
         assert expected in text, expected
     assert 'tapeserve_model_ready{device="' in text and 'model="broken",version="1"} 0.0' in text
+
+
+def test_empty_multiproc_dir_never_puts_metric_files_in_the_working_directory(
+    tapeserve_server, small_repository, tmp_path
+) -> None:
+    """prometheus_client reads an empty PROMETHEUS_MULTIPROC_DIR as the current directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""}
+    code = "import serve.metrics as m; assert m.multiprocess_dir() is None"
+    subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=True, timeout=60)
+    assert list(cwd.iterdir()) == []
+    (cwd / "metrics").mkdir()
+    relative = {**env, "PROMETHEUS_MULTIPROC_DIR": "metrics"}
+    code = "import serve.metrics as m; print(m.multiprocess_dir())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=relative,
+                          check=True, timeout=60, capture_output=True, text=True)  # fmt: skip
+    assert done.stdout.strip() == str(cwd / "metrics")  # absolute: same folder after chdir
+
+    srv = tapeserve_server(small_repository, workers=2, env={"PROMETHEUS_MULTIPROC_DIR": ""})
+    body = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.5] * 16}]}
+    assert srv.post("/v2/models/mlp/infer", json=body).status_code == 200
+    assert "tapeserve_inflight_requests 0.0" in srv.metrics()  # merged over both workers
+    assert not list(srv._scratch.glob("*.db")), "metric files in the server's working directory"

@@ -106,6 +106,7 @@ def start_server(
     Call `.stop()` when done (the fixture does).
     """
     port = free_port()
+    repository = Path(repository).absolute()  # the server runs in its scratch folder
     scratch = Path(tempfile.mkdtemp(prefix="tapeserve-test-"))
     log_path = scratch / "server.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("TAPESERVE_")}
@@ -132,7 +133,12 @@ def start_server(
         ]  # fmt: skip
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=child_env,
+            cwd=scratch,  # whatever the server writes by relative path stays out of the checkout
+            start_new_session=True,
         )
     server = RunningServer(
         f"http://127.0.0.1:{port}", port, process, log_path, Path(repository), scratch
