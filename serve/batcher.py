@@ -1,11 +1,14 @@
 """Dynamic batching per model version inside one worker. Knows nothing of HTTP.
 
 A request that finds the model idle (no queue, an instance free) runs at once in the calling
-thread: no hand-off, no waiting. Otherwise it queues, and a runner thread takes everything
-queued that shares the head request's non-batch shapes and dtypes (up to `max_batch_size`
-rows) the moment an instance is free, so a busy server forms large batches from whatever
-arrived during the previous run. With `max_queue_delay_ms` every request queues and the runner
-waits at most that long for a batch to fill. Outputs are split back as views.
+thread: no hand-off, no waiting. Otherwise it queues; the moment an instance is free, the batch
+is everything queued that shares the head request's non-batch shapes and dtypes (up to
+`max_batch_size` rows), so a busy server forms large batches from whatever arrived during the
+previous run. The thread that finishes with an instance takes that batch and hands it, with
+the instance, to the request thread waiting at the head of the queue, which runs it and wakes
+the others (leader/follower: one wake-up per request, no runner thread in between). Runner
+threads serve `submit()` callers nobody waits on and, with `max_queue_delay_ms`, where every
+request queues, wait at most that long for a batch to fill. Outputs are split back as views.
 """
 
 from __future__ import annotations
@@ -47,13 +50,20 @@ class _Pending:
     the request cannot both win.
     """
 
-    __slots__ = ("feeds", "rows", "key", "deadline", "enqueued", "state", "_signal", "_done",
-                 "_value", "_error")  # fmt: skip
+    __slots__ = ("feeds", "rows", "key", "deadline", "waited", "enqueued", "state", "lead",
+                 "_signal", "_done", "_value", "_error")  # fmt: skip
 
     def __init__(
-        self, feeds: dict[str, np.ndarray], rows: int, key: tuple, deadline: float | None
+        self,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        key: tuple,
+        deadline: float | None,
+        waited: bool,
     ) -> None:
         self.feeds, self.rows, self.key, self.deadline = feeds, rows, key, deadline
+        self.waited = waited  # a thread blocks in Batcher.infer for it: it can run its batch
+        self.lead: tuple[Runner, list[_Pending]] | None = None
         self.enqueued = time.monotonic()
         self.state = _QUEUED
         self._signal = threading.Lock()
@@ -151,61 +161,93 @@ class Batcher:
         QueueFull (no room), DeadlineExceeded (still queued at the deadline) or what the runner
         raised for this request.
         """
-        runner = None
-        if self._direct:
-            with self._cond:
-                if not self._queue and self._free and not self._closed:
-                    runner = self._free.pop()
-        if runner is not None:
-            return self._run_direct(runner, feeds)
-        pending = self.submit(feeds, deadline)
-        if deadline is None or pending.wait(deadline - time.monotonic()):
-            return pending.result()
-        with self._cond:
-            cancelled = pending.state == _QUEUED
-            if cancelled:  # still queued: it will never run
-                pending.state = _CANCELLED
-                self._queue.remove(pending)
-                self._queue_depth.set(len(self._queue))
-        if cancelled:
-            metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
-            raise DeadlineExceeded(
-                f"request deadline exceeded while queued for model {self.model} "
-                f"version {self.version}"
-            )
-        return pending.result()  # already running: its answer is moments away
-
-    def _run_direct(self, runner: Runner, feeds: dict[str, np.ndarray]) -> list:
-        self._queue_duration.observe(0.0)
         rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
+        pending = None
+        with self._cond:
+            if self._direct and not self._queue and self._free and not self._closed:
+                runner = self._free.pop()
+            else:
+                pending = self._enqueue(_Pending(feeds, rows, _batch_key(feeds), deadline, True))
+        if pending is None:
+            return self._run_direct(runner, feeds, rows)
+        if deadline is None:
+            self._await(pending, None)
+        elif not self._await(pending, deadline - time.monotonic()):
+            with self._cond:
+                cancelled = pending.state == _QUEUED
+                if cancelled:  # still queued: it will never run
+                    pending.state = _CANCELLED
+                    self._queue.remove(pending)
+                    self._queue_depth.set(len(self._queue))
+            if cancelled:
+                metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
+                raise DeadlineExceeded(
+                    f"request deadline exceeded while queued for model {self.model} "
+                    f"version {self.version}"
+                )
+            self._await(pending, None)  # already running (or leading): moments away
+        return pending.result()
+
+    def _await(self, pending: _Pending, timeout: float | None) -> bool:
+        """Wait for the answer, or to be handed an instance and a batch to run (then run it)."""
+        if not pending._signal.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            return False
+        if pending.lead is not None:
+            runner, batch = pending.lead
+            pending.lead = None
+            self._run_batch(runner, batch)
+        return True
+
+    def _run_direct(self, runner: Runner, feeds: dict[str, np.ndarray], rows: int) -> list:
+        self._queue_duration.observe(0.0)
         started = time.perf_counter()
         try:
             return list(runner(feeds))
         finally:
             self._record(rows, time.perf_counter() - started)
-            with self._cond:
+            self._release(runner)
+
+    def _release(self, runner: Runner) -> None:
+        """An instance finished: hand it with the next batch to the thread waiting at the head
+        of the queue (it runs its own batch: one wake-up, no runner thread in between), else
+        mark it free and let a runner thread take queued work."""
+        with self._cond:
+            head = self._queue[0] if self._queue else None
+            if head is not None and self._direct and head.waited:
+                batch = self._take()
+                head.lead = (runner, batch)
+            else:
+                head = None
                 self._free.append(runner)
                 if self._queue:
                     self._cond.notify()
+        if head is not None:
+            head._signal.release()
 
     def submit(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> _Pending:
         """Queue one request; `.result(timeout)` of the returned handle gives its outputs.
 
-        `deadline` is a time.monotonic() value. Raises QueueFull when the queue is at its bound.
+        A runner thread runs it. `deadline` is a time.monotonic() value. Raises QueueFull when
+        the queue is at its bound.
         """
         rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
-        pending = _Pending(feeds, rows, _batch_key(feeds), deadline)
+        pending = _Pending(feeds, rows, _batch_key(feeds), deadline, False)
         with self._cond:
-            if self._closed:
-                raise QueueFull(f"model {self.model} version {self.version} is shutting down")
-            if len(self._queue) >= self.max_queue_size:
-                metrics.REJECTED_REQUESTS.labels(self.model, "queue_full").inc()
-                raise QueueFull(
-                    f"queue of model {self.model} version {self.version} is full "
-                    f"({self.max_queue_size} requests waiting); retry later"
-                )
-            self._queue.append(pending)
-            self._queue_depth.set(len(self._queue))
+            return self._enqueue(pending)
+
+    def _enqueue(self, pending: _Pending) -> _Pending:
+        """Append to the queue (the caller holds the lock); QueueFull at the bound or closed."""
+        if self._closed:
+            raise QueueFull(f"model {self.model} version {self.version} is shutting down")
+        if len(self._queue) >= self.max_queue_size:
+            metrics.REJECTED_REQUESTS.labels(self.model, "queue_full").inc()
+            raise QueueFull(
+                f"queue of model {self.model} version {self.version} is full "
+                f"({self.max_queue_size} requests waiting); retry later"
+            )
+        self._queue.append(pending)
+        self._queue_depth.set(len(self._queue))
+        if self._free or not self._direct:  # else the busy instance's thread hands it on
             self._cond.notify()
         return pending
 
@@ -281,21 +323,21 @@ class Batcher:
             work = self._next_batch()
             if work is None:
                 return
-            runner, batch = work
-            try:
-                batch = self._start(batch)
-                if batch:
-                    self._execute(runner, batch)
-            except BaseException as exc:  # never let the runner die: waiters would hang
-                log.exception("batcher %s/%s: unexpected error", self.model, self.version)
-                for p in batch:
-                    if not p.done():
-                        p.set_exception(exc)
-            finally:
-                with self._cond:
-                    self._free.append(runner)
-                    if self._queue:
-                        self._cond.notify()
+            self._run_batch(*work)
+
+    def _run_batch(self, runner: Runner, batch: list[_Pending]) -> None:
+        """Run a batch taken from the queue, then pass the instance on."""
+        try:
+            batch = self._start(batch)
+            if batch:
+                self._execute(runner, batch)
+        except BaseException as exc:  # never leave a waiter hanging
+            log.exception("batcher %s/%s: unexpected error", self.model, self.version)
+            for p in batch:
+                if not p.done():
+                    p.set_exception(exc)
+        finally:
+            self._release(runner)
 
     def _execute(self, runner: Runner, batch: list[_Pending]) -> None:
         if len(batch) == 1:
