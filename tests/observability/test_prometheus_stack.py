@@ -234,6 +234,10 @@ def test_dashboard_error_panels_read_zero_not_no_data(stack: Stack) -> None:
                 assert "or on() " in target["expr"] and "vector(0)" in target["expr"], panel[
                     "title"
                 ]
-    # No rejection happened in this traffic, yet the rejection panel has a 0 series.
+    # The only rejections of this traffic are the requests to the unavailable model; for a
+    # model without any, the rejection panel has a 0 series.
     ((title, expr),) = [(t, e) for t, e in prom.dashboard_queries() if "Rejected" in t]
-    assert [float(r["value"][1]) for r in stack.prometheus.query(expr)] == [0.0]
+    rejected = {(r["metric"]["model"], r["metric"]["reason"]) for r in stack.prometheus.query(expr)}
+    assert rejected == {("broken", "unavailable")}
+    ident = expr.replace('model=~".*"', 'model=~"ident"')
+    assert [float(r["value"][1]) for r in stack.prometheus.query(ident)] == [0.0]
