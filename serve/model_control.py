@@ -10,9 +10,10 @@ Runs inside each Gunicorn worker, beside that worker's `ModelRegistry`:
   admin requests (`load`/`unload`), which every worker applies (a request file in the runtime
   folder carries them to the other workers); `none` loads once at start.
 - A new version loads and warms up beside the serving one, then takes over by one reference
-  assignment (`model.versions`); the old one is closed after `retire_delay_s`, finishing what it
-  has queued. A version that fails to load leaves the previous one serving and is shown, with its
-  reason, as an UNAVAILABLE version of the model.
+  assignment (`model.versions`); the old one is closed once the requests that resolved it are
+  answered (at most `retire_timeout_s` later), so nothing queued or running on it is lost. A
+  version that fails to load leaves the previous one serving and is shown, with its reason, as an
+  UNAVAILABLE version of the model.
 - A version folder is loaded by `poll` only once its files are unchanged across two scans, so a
   half-copied model is never loaded.
 """
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,8 @@ class ControlSettings:
     probe_timeout_s: float = DEFAULT_TIMEOUT_S
     #: Folder shared by the workers of one server (probe verdicts, explicit requests), or None.
     runtime_dir: str | None = None
-    retire_delay_s: float = 5.0
+    #: Bound on the wait for a swapped-out version's last requests before it is closed anyway.
+    retire_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.mode not in CONTROL_MODES:
@@ -364,18 +367,36 @@ class ModelController:
         log.info("model %s unloaded", name)
 
     def _retire(self, versions: Iterable[ModelVersion]) -> None:
-        """Close old batchers after a delay: requests that already looked them up still queue."""
-        batchers = [mv.batcher for mv in versions if mv.batcher is not None]
-        if not batchers:
-            return
-        timer = threading.Timer(self.settings.retire_delay_s, _close_all, [batchers])
-        timer.daemon = True
-        timer.start()
+        """Close swapped-out versions in the background once their requests are answered."""
+        serving = [mv for mv in versions if mv.batcher is not None]
+        if serving:
+            threading.Thread(
+                target=close_when_idle,
+                args=(serving, self.settings.retire_timeout_s),
+                name="retire-" + "-".join(f"{mv.name}.{mv.version}" for mv in serving),
+                daemon=True,
+            ).start()
 
 
-def _close_all(batchers: list) -> None:
-    for batcher in batchers:
-        batcher.close()
+def close_when_idle(versions: list[ModelVersion], timeout_s: float) -> None:
+    """Retire each version, wait (within one `timeout_s` for all) for its holders, close it.
+
+    Requests that resolved a version before the swap finish on it: they hold it from lookup to
+    answer (serve.api.common.resolve), and one that looks it up after `retire` looks again and
+    gets the new version. Past the bound it is closed anyway and the stragglers are logged.
+    """
+    deadline = time.monotonic() + timeout_s
+    for mv in versions:
+        if not mv.retire(max(0.0, deadline - time.monotonic())):
+            log.warning(
+                "model %s version %s: %d request(s) still running %g s after it was retired; "
+                "closing it anyway",
+                mv.name,
+                mv.version,
+                mv.users,
+                timeout_s,
+            )
+        mv.batcher.close()  # type: ignore[union-attr]  (queued work still drains)
 
 
 def _same(a: dict[int, ModelVersion], b: dict[int, ModelVersion]) -> bool:

@@ -64,6 +64,33 @@ class ModelVersion:
     #: Loaded by model control beside a serving version: failing leaves the model serving, so
     #: it does not fail strict readiness (serve.model_control).
     update: bool = False
+    #: Requests that resolved this version and are not answered yet (`hold`/`release`); once
+    #: `retired`, no request can hold it any more and model control closes it when they are done.
+    users: int = field(default=0, compare=False, repr=False)
+    retired: bool = field(default=False, compare=False, repr=False)
+    _users_changed: threading.Condition = field(
+        default_factory=lambda: threading.Condition(threading.Lock()), compare=False, repr=False
+    )
+
+    def hold(self) -> bool:
+        """Count a request in; False when the version was retired since the lookup (look again)."""
+        with self._users_changed:
+            if self.retired:
+                return False
+            self.users += 1
+            return True
+
+    def release(self) -> None:
+        with self._users_changed:
+            self.users -= 1
+            if not self.users:
+                self._users_changed.notify_all()
+
+    def retire(self, timeout: float) -> bool:
+        """Refuse new holders, then wait up to `timeout` s for the current ones; True when idle."""
+        with self._users_changed:
+            self.retired = True
+            return self._users_changed.wait_for(lambda: not self.users, timeout)
 
     @property
     def max_batch_size(self) -> int:

@@ -109,12 +109,14 @@ def deadline_for(mv: ModelVersion, timeout_us: Any) -> float | None:
 
 
 def resolve(ctx: dict, name: str, version: str | None) -> ModelVersion:
-    """The model version to serve, noted in `ctx` for the request metrics."""
+    """The model version to serve, noted in `ctx` for the request metrics, held until answered."""
     registry = server().registry
     if name in registry.models:
         ctx["model"] = name
     try:
         mv = registry.version(name, version)
+        while not mv.hold():  # swapped out since the lookup (serve.model_control): look again
+            mv = registry.version(name, version)
     except ModelNotReady as exc:
         reason = "loading" if exc.loading else "unavailable"
         metrics.REJECTED_REQUESTS.labels(name, reason).inc()
@@ -149,6 +151,8 @@ def observed(protocol: str, handler: Callable[..., Response]) -> Callable[..., R
         finally:
             metrics.INFLIGHT_REQUESTS.dec()
         mv = ctx.get("mv")
+        if mv:
+            mv.release()
         model, version = (mv.name, str(mv.version)) if mv else (ctx.get("model", ""), "")
         if mv:
             accesslog.annotate(model=model, version=version)

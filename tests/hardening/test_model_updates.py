@@ -156,7 +156,7 @@ def test_versions_swap_under_load_without_a_failed_request(tmp_path: Path) -> No
 def test_half_written_version_waits_until_its_files_stop_changing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     _publish(repo, "m", 1, _model_bytes(1.0))
-    settings = ControlSettings(mode="poll", poll_interval=60, retire_delay_s=0.0)
+    settings = ControlSettings(mode="poll", poll_interval=60, retire_timeout_s=0.0)
     registry = ModelRegistry(repo, "cpu", 1)
     registry.vet = lambda path: vet_model(path, settings)
     controller = ModelController(registry, settings)
@@ -209,7 +209,7 @@ def test_broken_version_leaves_the_previous_one_serving(tmp_path: Path) -> None:
 
 
 def _controller(repo: Path) -> tuple[ModelRegistry, ModelController]:
-    settings = ControlSettings(mode="poll", poll_interval=60, retire_delay_s=0.0)
+    settings = ControlSettings(mode="poll", poll_interval=60, retire_timeout_s=0.0)
     registry = ModelRegistry(repo, "cpu", 1)
     registry.vet = lambda path: vet_model(path, settings)
     registry.start()
