@@ -16,6 +16,8 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba); `weight_decay` is L2 added to the gradient, as in torch.optim.Adam."""
 
     decoupled_weight_decay = False
+    #: What `weight_decay=None` means: torch's defaults, 0 for Adam and 1e-2 for AdamW.
+    default_weight_decay = 0.0
 
     def __init__(
         self,
@@ -23,10 +25,12 @@ class Adam(Optimizer):
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
-        weight_decay: float = 0.0,
+        weight_decay: float | None = None,
         amsgrad: bool = False,
         maximize: bool = False,
     ) -> None:
+        if weight_decay is None:
+            weight_decay = self.default_weight_decay
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(
                 f"invalid {type(self).__name__} settings lr={lr}, betas={betas}, eps={eps}, "
@@ -90,15 +94,4 @@ class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter): p *= 1 - lr*wd before the step."""
 
     decoupled_weight_decay = True
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        maximize: bool = False,
-    ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize)
+    default_weight_decay = 1e-2
