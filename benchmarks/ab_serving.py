@@ -64,6 +64,11 @@ def main() -> None:
     parser.add_argument("--bodies", default="json,binary")
     parser.add_argument("--base-env", nargs="*", default=[])
     parser.add_argument("--new-env", nargs="*", default=[])
+    parser.add_argument("--new-workers", type=int, help="workers of the new side (default same)")
+    parser.add_argument("--new-threads", type=int, help="threads of the new side (default same)")
+    parser.add_argument(
+        "--new-switch-interval", type=float, help="sys.setswitchinterval (s) in the new side"
+    )
     args = parser.parse_args()
     conns = [int(c) for c in args.connections.split(",")]
     scratch = Path(tempfile.mkdtemp(prefix="tapeserve-ab-"))
@@ -85,7 +90,19 @@ def main() -> None:
             path.write_bytes(body)
             bodies[kind] = (body, headers, path)
         base_env = {"PYTHONPATH": str(base_src), **parse_env(args.base_env)}
-        sides = {"base": base_env, "new": parse_env(args.new_env)}
+        new_env = parse_env(args.new_env)
+        if args.new_switch_interval:  # applied at interpreter start, so in every worker
+            hook = scratch / "hook"
+            hook.mkdir()
+            (hook / "sitecustomize.py").write_text(
+                f"import sys\nsys.setswitchinterval({args.new_switch_interval!r})\n"
+            )
+            new_env["PYTHONPATH"] = str(hook)
+        sides = {"base": base_env, "new": new_env}
+        shape = {
+            "base": (args.workers, args.threads),
+            "new": (args.new_workers or args.workers, args.new_threads or args.threads),
+        }
         results: dict[tuple, list[dict]] = {}
         with contextlib.ExitStack() as stack:
             # `python -m` puts the current folder first on sys.path: start outside the checkout
@@ -95,8 +112,8 @@ def main() -> None:
             for side, env in sides.items():
                 srv = start_server(
                     scratch / "repo",
-                    workers=args.workers,
-                    threads=args.threads,
+                    workers=shape[side][0],
+                    threads=shape[side][1],
                     extra_args=["--log-level", "warning"],
                     env=env,
                 )
@@ -129,9 +146,14 @@ def main() -> None:
         return sorted(rows, key=lambda r: r["rps"])[len(rows) // 2]
 
     load = os.getloadavg()[0]
+    new = " ".join(
+        f"{k}={v}"
+        for k, v in {**vars(args), "new_env": " ".join(args.new_env)}.items()
+        if k.startswith("new_") and v
+    )
     print(
         f"\n{args.model}, {args.workers} x {args.threads}, base {args.base} "
-        f"{args.base_env or ''} vs working tree {args.new_env or ''}; median of {args.rounds} "
+        f"{' '.join(args.base_env)} vs working tree {new}; median of {args.rounds} "
         f"alternating {args.duration:g} s rounds; load average now {load:.1f}\n"
     )
     print("| c | body | base req/s (p50 ms) | new req/s (p50 ms) | new/base req/s | p50 ratio |")
