@@ -5,8 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support.server import RunningServer, start_server
+
+# Tests write only under temp folders: no example database in the checkout.
+settings.register_profile("tapeserve", database=None)
+settings.load_profile("tapeserve")
 
 
 @pytest.fixture
