@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
+import tempfile
+
 import pytest
 from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from tests.support.server import RunningServer, start_server
 
-# Tests write only under temp folders: no example database in the checkout.
+# Tests write only under temp folders: hypothesis keeps neither its example database nor its
+# cache in the checkout.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="tapeserve-hypothesis-"))
 settings.register_profile("tapeserve", database=None)
 settings.load_profile("tapeserve")
 
