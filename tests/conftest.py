@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import tempfile
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import settings
