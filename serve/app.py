@@ -7,6 +7,7 @@ background thread, so liveness answers while models load.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from flask import Flask
@@ -14,6 +15,7 @@ from flask import Flask
 from serve import accesslog, admin
 from serve.api import status, tfserving, v2
 from serve.api.common import Server, register_error_handlers
+from serve.model_control import RUNTIME_DIR_ENV
 from serve.models import ModelRegistry
 from serve.settings import Settings
 
@@ -37,7 +39,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    registry = ModelRegistry(settings.model_repository, settings.device, settings.workers)
+    registry = ModelRegistry(
+        settings.model_repository,
+        settings.device,
+        settings.workers,
+        runtime_dir=os.environ.get(RUNTIME_DIR_ENV) or None,
+    )
     app.extensions["tapeserve"] = Server(settings, registry)
     for blueprint in (v2.bp, tfserving.bp, status.bp):
         app.register_blueprint(blueprint)

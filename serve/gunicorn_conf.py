@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 
+from serve import worker_readiness
 from serve.runtime import DeviceError, check_device
 from serve.settings import Settings, normalize_multiproc_dir
 
@@ -83,6 +84,7 @@ def child_exit(server, worker) -> None:
     from serve.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
+    worker_readiness.forget(os.environ.get("TAPESERVE_RUNTIME_DIR"), worker.pid)
 
 
 def worker_exit(server, worker) -> None:

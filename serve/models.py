@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from serve import metrics, runtime
+from serve import metrics, runtime, worker_readiness
 from serve.batcher import Batcher
 from serve.config import ModelConfig
 from serve.protocol.datatypes import numpy_dtype
@@ -161,10 +161,18 @@ def _sample_inputs(sample: dict[str, Any], specs: list[TensorSpec]) -> dict[str,
 class ModelRegistry:
     """Every model of the repository in this worker, loaded in the background by `start()`."""
 
-    def __init__(self, repository: str | Path, device: str = "auto", workers: int = 1) -> None:
+    def __init__(
+        self,
+        repository: str | Path,
+        device: str = "auto",
+        workers: int = 1,
+        runtime_dir: str | None = None,
+    ) -> None:
         self.repository = Path(repository)
         self.device = device
         self.workers = workers
+        #: Shared by the Gunicorn workers; readiness waits for all of them (serve.worker_readiness).
+        self.runtime_dir = runtime_dir
         self.models: dict[str, Model] = {}
         self.error: str | None = None
         self._loaded = threading.Event()
@@ -203,6 +211,7 @@ class ModelRegistry:
                     self._load(mv)
         finally:
             self._loaded.set()
+            worker_readiness.mark_loaded(self.runtime_dir)
 
     def _load(self, mv: ModelVersion) -> None:
         config = mv.config
@@ -297,8 +306,10 @@ class ModelRegistry:
         )
 
     def ready(self, strict: bool = False) -> bool:
-        """Readiness: all loads finished (and, when strict, none failed)."""
+        """Readiness: all loads finished in every worker (and, when strict, none failed here)."""
         if self.error is not None or not self.all_final():
+            return False
+        if not worker_readiness.all_workers_loaded(self.runtime_dir, self.workers):
             return False
         return not (strict and self.any_failed())
 
