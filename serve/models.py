@@ -59,6 +59,8 @@ class ModelVersion:
     outputs: list[TensorSpec] = field(default_factory=list)
     provider: str = ""
     device: str = ""
+    #: The model file's metadata_props (shown in /v2/models/{m}/config and on the status page).
+    metadata: dict[str, str] = field(default_factory=dict)
     batching: bool = False
     batcher: Batcher | None = None
     #: Loaded by model control beside a serving version: failing leaves the model serving, so
@@ -229,7 +231,7 @@ class ModelRegistry:
             ]
             first = sessions[0]
             mv.inputs, mv.outputs = first.inputs, first.outputs
-            mv.provider, mv.device = first.provider, first.device
+            mv.provider, mv.device, mv.metadata = first.provider, first.device, first.metadata
             mv.batching = config.max_batch_size > 0 and all(
                 len(s.shape) > 0 and s.shape[0] == -1 for s in first.inputs
             )

@@ -10,7 +10,7 @@ import functools
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -177,6 +177,8 @@ class Session:
     outputs: list[TensorSpec]
     provider: str
     device: str
+    #: The model file's metadata_props (producer, labels, input description, checkpoint hash...).
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._string_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
@@ -232,4 +234,13 @@ def create_session(path: str | Path, device: str, threads: int) -> Session:
         outputs = _specs(session.get_outputs())
     except ValueError as exc:
         raise ValueError(f"unsupported model signature: {exc}") from None
-    return Session(session, inputs, outputs, provider, where)
+    return Session(session, inputs, outputs, provider, where, _metadata(session))
+
+
+def _metadata(session: ort.InferenceSession) -> dict[str, str]:
+    """metadata_props of the model, plus its producer when the file names one."""
+    meta = session.get_modelmeta()
+    found = dict(meta.custom_metadata_map)
+    if meta.producer_name and "producer" not in found:
+        found["producer"] = meta.producer_name
+    return found

@@ -22,14 +22,14 @@ def status_page() -> str:
     rows = []
     for model in registry.models.values():
         if model.error or not model.versions:
-            rows.append((model.name, "-", State.UNAVAILABLE.value, model.reason, "-", "-"))
+            rows.append((model.name, "-", State.UNAVAILABLE.value, model.reason, "-", "-", {}))
         for mv in model.versions.values():
             batching = f"up to {mv.config.max_batch_size}" if mv.batching else "off"
             if mv.state is State.LOADING:
                 batching = "-"
             rows.append(
                 (model.name, mv.version, mv.state.value, mv.reason, mv.device or "-",
-                 f"{mv.provider or '-'}; batching {batching}")
+                 f"{mv.provider or '-'}; batching {batching}", mv.metadata)
             )  # fmt: skip
     return render_template(
         "status.html",

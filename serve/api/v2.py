@@ -143,6 +143,7 @@ def _version_status(mv: ModelVersion) -> dict:
         "provider": mv.provider,
         "device": mv.device,
         "batching": mv.batching,
+        "metadata": mv.metadata,
     }
 
 
