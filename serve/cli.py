@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from serve.control_cli import control_options
-from serve.settings import DEVICES_HELP, Settings, default_model_repository
+from serve.settings import DEVICES_HELP, Settings, default, default_model_repository
 
 GUNICORN_APP = "serve.app:create_app()"
 GUNICORN_CONFIG = "python:serve.gunicorn_conf"
@@ -32,11 +32,13 @@ def main() -> None:
     envvar="TAPESERVE_MODEL_REPOSITORY",
     help="Model repository folder [default: ./models if present, else the bundled examples].",
 )
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="TAPESERVE_HOST")
-@click.option("--port", default=8000, show_default=True, type=int, envvar="TAPESERVE_PORT")
+@click.option("--host", default=default("host"), show_default=True, envvar="TAPESERVE_HOST")
+@click.option(
+    "--port", default=default("port"), show_default=True, type=int, envvar="TAPESERVE_PORT"
+)
 @click.option(
     "--workers",
-    default=2,
+    default=default("workers"),
     show_default=True,
     type=click.IntRange(min=1),
     envvar="TAPESERVE_WORKERS",
@@ -45,7 +47,7 @@ def main() -> None:
 )
 @click.option(
     "--threads",
-    default=8,
+    default=default("threads"),
     show_default=True,
     type=click.IntRange(min=1),
     envvar="TAPESERVE_THREADS",
@@ -53,21 +55,21 @@ def main() -> None:
 )
 @click.option(
     "--device",
-    default="auto",
+    default=default("device"),
     show_default=True,
     envvar="TAPESERVE_DEVICE",
     help=f"{DEVICES_HELP}: auto uses CUDA only when its provider is really active.",
 )
 @click.option(
     "--strict-readiness/--no-strict-readiness",
-    default=False,
+    default=default("strict_readiness"),
     show_default=True,
     envvar="TAPESERVE_STRICT_READINESS",
     help="Keep /v2/health/ready at 503 while any model failed to load.",
 )
 @click.option(
     "--max-body-size",
-    default=64 * 1024 * 1024,
+    default=default("max_body_size"),
     show_default=True,
     type=click.IntRange(min=1),
     envvar="TAPESERVE_MAX_BODY_SIZE",
@@ -75,7 +77,7 @@ def main() -> None:
 )
 @click.option(
     "--timeout",
-    default=120,
+    default=default("timeout"),
     show_default=True,
     type=click.IntRange(min=1),
     envvar="TAPESERVE_TIMEOUT",
@@ -83,7 +85,7 @@ def main() -> None:
 )
 @click.option(
     "--graceful-timeout",
-    default=30,
+    default=default("graceful_timeout"),
     show_default=True,
     type=click.IntRange(min=1),
     envvar="TAPESERVE_GRACEFUL_TIMEOUT",
@@ -92,14 +94,14 @@ def main() -> None:
 )
 @click.option(
     "--log-level",
-    default="info",
+    default=default("log_level"),
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
     envvar="TAPESERVE_LOG_LEVEL",
 )
 @click.option(
     "--control-socket",
-    default="",
+    default=default("control_socket"),
     envvar="TAPESERVE_CONTROL_SOCKET",
     help="Gunicorn control socket path [default: disabled, so servers run side by side].",
 )

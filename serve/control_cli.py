@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from serve.model_control import CONTROL_MODES
+from serve.settings import default
 
 
 def _token_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
@@ -24,7 +25,7 @@ _OPTIONS = [
     click.option(
         "--model-control-mode",
         type=click.Choice(CONTROL_MODES),
-        default="none",
+        default=default("model_control_mode"),
         show_default=True,
         envvar="TAPESERVE_MODEL_CONTROL_MODE",
         help="none: load at start; poll: rescan the repository every --poll-interval seconds; "
@@ -33,7 +34,7 @@ _OPTIONS = [
     click.option(
         "--poll-interval",
         type=click.FloatRange(min=0, min_open=True),
-        default=5.0,
+        default=default("poll_interval"),
         show_default=True,
         envvar="TAPESERVE_POLL_INTERVAL",
         help="Seconds between repository scans (poll) or admin-request checks (explicit).",
@@ -58,14 +59,14 @@ _OPTIONS = [
     ),
     click.option(
         "--allowed-custom-op-domains",
-        default="",
+        default=default("allowed_custom_op_domains"),
         envvar="TAPESERVE_ALLOWED_CUSTOM_OP_DOMAINS",
         help="Comma-separated operator domains beyond ONNX's and com.microsoft that models may "
         "use [default: none].",
     ),
     click.option(
         "--load-probe/--no-load-probe",
-        default=True,
+        default=default("load_probe"),
         show_default=True,
         envvar="TAPESERVE_LOAD_PROBE",
         help="Load each new model version in a memory-limited child process first.",
@@ -73,7 +74,7 @@ _OPTIONS = [
     click.option(
         "--load-probe-memory-mb",
         type=click.IntRange(min=64),
-        default=4096,
+        default=default("load_probe_memory_mb"),
         show_default=True,
         envvar="TAPESERVE_LOAD_PROBE_MEMORY_MB",
         help="Address-space limit of the load probe; a model needing more is refused.",
@@ -81,7 +82,7 @@ _OPTIONS = [
     click.option(
         "--load-probe-timeout",
         type=click.FloatRange(min=0, min_open=True),
-        default=60.0,
+        default=default("load_probe_timeout"),
         show_default=True,
         envvar="TAPESERVE_LOAD_PROBE_TIMEOUT",
         help="Seconds the load probe may take (session creation and warm-up).",

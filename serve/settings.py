@@ -135,3 +135,8 @@ class Settings:
                 value = "1" if value else "0"
             env[ENV_PREFIX + f.name.upper()] = str(value)
         return env
+
+
+def default(name: str) -> object:
+    """The default of Settings field `name`: the one source the CLI options take theirs from."""
+    return next(f.default for f in fields(Settings) if f.name == name)
