@@ -9,7 +9,13 @@ from pathlib import Path
 import click
 
 from serve.control_cli import control_options
-from serve.settings import DEVICES_HELP, Settings, default, default_model_repository
+from serve.settings import (
+    DEVICES_HELP,
+    WORKER_CLASSES,
+    Settings,
+    default,
+    default_model_repository,
+)
 
 GUNICORN_APP = "serve.app:create_app()"
 GUNICORN_CONFIG = "python:serve.gunicorn_conf"
@@ -46,12 +52,22 @@ def main() -> None:
     "GIL (docs/performance.md), on GPU use one per device.",
 )
 @click.option(
+    "--worker-class",
+    default=default("worker_class"),
+    show_default=True,
+    type=click.Choice(list(WORKER_CLASSES)),
+    envvar="TAPESERVE_WORKER_CLASS",
+    help="async: one event loop per worker (uvicorn), inference on the loop, the other "
+    "endpoints in --threads threads; gthread: Gunicorn's thread per request (docs/serving.md).",
+)
+@click.option(
     "--threads",
     default=default("threads"),
     show_default=True,
     type=click.IntRange(min=1),
     envvar="TAPESERVE_THREADS",
-    help="Request threads per worker (gthread); concurrent requests are what batches form from.",
+    help="Request threads per worker (gthread: concurrent requests are what batches form from; "
+    "async: threads that run the non-inference endpoints).",
 )
 @click.option(
     "--device",

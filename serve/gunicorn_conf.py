@@ -19,7 +19,7 @@ import tempfile
 
 from serve import worker_readiness
 from serve.runtime import DeviceError, check_device
-from serve.settings import Settings, normalize_multiproc_dir
+from serve.settings import WORKER_CLASSES, Settings, normalize_multiproc_dir
 
 try:
     _settings = Settings.from_env()
@@ -42,8 +42,8 @@ if _own_runtime_dir:
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else
         f"{_settings.host}:{_settings.port}"]  # fmt: skip
 workers = _settings.workers
-threads = _settings.threads
-worker_class = "serve.worker.DrainingThreadWorker"  # gthread + drain (serve/worker.py)
+threads = _settings.threads  # async: the thread pool of the Flask endpoints (serve/asgi.py)
+worker_class = WORKER_CLASSES[_settings.worker_class]  # both drain (serve/worker.py)
 preload_app = False
 timeout = _settings.timeout
 graceful_timeout = _settings.graceful_timeout
@@ -72,10 +72,11 @@ def on_starting(server) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(path, name))
     server.log.info(
-        "tapeserve: model repository %s, device %s, %d worker(s) x %d thread(s)",
+        "tapeserve: model repository %s, device %s, %d %s worker(s) x %d thread(s)",
         _settings.model_repository,
         _settings.device,
         _settings.workers,
+        _settings.worker_class,
         _settings.threads,
     )
 

@@ -14,6 +14,12 @@ from pathlib import Path
 ENV_PREFIX = "TAPESERVE_"
 DEVICES_HELP = "auto|cpu|cuda|cuda:N"
 
+#: Gunicorn worker class of each `worker_class` setting (serve/async_worker.py, serve/worker.py).
+WORKER_CLASSES = {
+    "async": "serve.async_worker.AsyncWorker",
+    "gthread": "serve.worker.DrainingThreadWorker",
+}
+
 #: Project root of a checkout or editable install: the bundled example repository lives there.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_REPOSITORY = PROJECT_ROOT / "examples" / "models"
@@ -71,6 +77,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 2  # two beat one ~1.8x on a 2-core CPU (docs/performance.md)
+    worker_class: str = "async"  # see WORKER_CLASSES
     threads: int = 8
     device: str = "auto"
     strict_readiness: bool = False
@@ -92,6 +99,11 @@ class Settings:
         if not self.model_repository:
             self.model_repository = str(default_model_repository())
         self.device = parse_device(self.device)
+        if self.worker_class not in WORKER_CLASSES:
+            raise ValueError(
+                f"worker_class must be one of {', '.join(WORKER_CLASSES)}, "
+                f"got {self.worker_class!r}"
+            )
         for name in ("port", "workers", "threads", "max_body_size"):
             if int(getattr(self, name)) < (0 if name == "port" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -14,6 +14,9 @@ within `graceful_timeout`, and answers requests that still arrive on kept-alive 
 
 Header errors Gunicorn answers itself (request line or header fields too large, bad syntax) get
 the JSON error shape of every other endpoint instead of Gunicorn's HTML page.
+
+The async worker (serve/async_worker.py) keeps the same promises on an event loop; the draining
+flag, the error shape and the clean exit after a drain are shared from here.
 """
 
 from __future__ import annotations
@@ -37,8 +40,13 @@ def draining() -> bool:
     return _DRAINING.is_set()
 
 
-def _write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
-    """Gunicorn's own error answers, as `{"error": ...}` JSON; the connection then closes."""
+def start_draining() -> None:
+    """Called from the stop-signal handlers: readiness answers 503 from now on."""
+    _DRAINING.set()
+
+
+def json_error_response(status_int: int, reason: str, mesg: str) -> bytes:
+    """A whole HTTP/1.1 answer with body `{"error": ...}` that closes the connection."""
     body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"
@@ -46,7 +54,12 @@ def _write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: s
         "Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
-    util.write_nonblock(sock, head.encode("latin-1") + body)
+    return head.encode("latin-1") + body
+
+
+def _write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """Gunicorn's own error answers, as `{"error": ...}` JSON; the connection then closes."""
+    util.write_nonblock(sock, json_error_response(status_int, reason, mesg))
 
 
 class DrainingThreadWorker(ThreadWorker):
@@ -63,7 +76,7 @@ class DrainingThreadWorker(ThreadWorker):
         self.drained = True  # everything answered, or the grace period ran out
 
     def handle_exit(self, sig, frame) -> None:
-        _DRAINING.set()
+        start_draining()
         super().handle_exit(sig, frame)
 
     def set_accept_enabled(self, enabled: bool) -> None:
