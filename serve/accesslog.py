@@ -82,10 +82,21 @@ def init_app(app: Flask, level: str | None = None) -> None:
 
 
 def _start() -> None:
-    incoming = request.headers.get(HEADER, "")
     ctx = g._get_current_object()  # one context lookup instead of one per attribute
-    ctx.request_id = incoming if _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+    ctx.request_id = request_id_from(request.headers.get(HEADER, ""))
     ctx.request_start = time.perf_counter()
+
+
+def request_id_from(incoming: str | None) -> str:
+    """The client's X-Request-ID when it is a safe token, else a fresh one."""
+    return incoming if incoming and _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def level_for(path: str, status: int) -> int:
+    """DEBUG for probes and scrapes, WARNING for 5xx, INFO for the rest."""
+    if path.startswith(_PROBE_PATHS):
+        return logging.DEBUG
+    return logging.WARNING if status >= 500 else logging.INFO
 
 
 def _finish(response: Response) -> Response:
@@ -94,33 +105,56 @@ def _finish(response: Response) -> Response:
     response.headers[HEADER] = rid
     status = response.status_code
     req = request._get_current_object()  # type: ignore[attr-defined]
-    if req.path.startswith(_PROBE_PATHS):
-        level = logging.DEBUG
-    else:
-        level = logging.WARNING if status >= 500 else logging.INFO
+    level = level_for(req.path, status)
     if not log.isEnabledFor(level):
         return response
-    start = ctx.get("request_start")
     args = req.view_args or {}
+    write(
+        level,
+        rid,
+        req.method,
+        req.path,
+        _first(args, _MODEL_KEYS),
+        _first(args, _VERSION_KEYS),
+        status,
+        ctx.get("request_start"),
+        req.remote_addr,
+        ctx.get("access_fields", ()),
+    )
+    return response
+
+
+def write(
+    level: int,
+    rid: str,
+    method: str,
+    path: str,
+    model: str | None,
+    version: str | None,
+    status: int,
+    start: float | None,
+    remote_addr: str | None,
+    fields: Any = (),
+) -> None:
+    """Log one access line (every front end writes the same fields); `start` is perf_counter()."""
     now = time.time()
     entry: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         + f".{int(now * 1000) % 1000:03d}Z",
         "level": _LEVEL_NAMES[level],
         "request_id": rid,
-        "method": req.method,
-        "path": req.path,
-        "model": _first(args, _MODEL_KEYS),
-        "version": _first(args, _VERSION_KEYS),
+        "method": method,
+        "path": path,
+        "model": model,
+        "version": version,
         "status": status,
         "latency_ms": None if start is None else round((time.perf_counter() - start) * 1e3, 3),
         "batch_size": None,
-        "remote_addr": req.remote_addr,
+        "remote_addr": remote_addr,
         "pid": os.getpid(),  # the Gunicorn worker that answered
     }
-    entry.update(ctx.get("access_fields", ()))
+    entry.update(fields)
     log.log(level, json.dumps(entry, separators=(",", ":"), default=str))
-    return response
 
 
 def _first(args: dict[str, Any], keys: tuple[str, ...]) -> str | None:

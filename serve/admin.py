@@ -103,15 +103,24 @@ def _state() -> AdminState:
 
 def _check_bearer(expected: str, realm: str) -> Response | None:
     """None when the request carries `Authorization: Bearer <expected>`, else the 401/403."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    refused = bearer_refusal(request.headers.get("Authorization", ""), expected, realm)
+    return None if refused is None else error_response(*refused)
+
+
+def bearer_refusal(
+    authorization: str, expected: str, realm: str
+) -> tuple[int, str, dict[str, str] | None] | None:
+    """None when `authorization` is `Bearer <expected>`, else the 401/403 status, message and
+    headers (every front end answers a missing or wrong token alike)."""
+    scheme, _, given = authorization.partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        return error_response(
+        return (
             401,
             f"{realm} requires a token: send 'Authorization: Bearer <token>'",
             {"WWW-Authenticate": f'Bearer realm="tapeserve-{realm.split()[0]}"'},
         )
     if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        return error_response(403, f"the {realm} token is not valid")
+        return 403, f"the {realm} token is not valid", None
     return None
 
 

@@ -13,6 +13,7 @@ request queues, wait at most that long for a batch to fill. Outputs are split ba
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -51,7 +52,7 @@ class _Pending:
     """
 
     __slots__ = ("feeds", "rows", "key", "deadline", "waited", "enqueued", "state", "lead",
-                 "_signal", "_done", "_value", "_error")  # fmt: skip
+                 "on_done", "_signal", "_done", "_value", "_error")  # fmt: skip
 
     def __init__(
         self,
@@ -60,9 +61,11 @@ class _Pending:
         key: tuple,
         deadline: float | None,
         waited: bool,
+        on_done: Callable[[], object] | None = None,
     ) -> None:
         self.feeds, self.rows, self.key, self.deadline = feeds, rows, key, deadline
         self.waited = waited  # a thread blocks in Batcher.infer for it: it can run its batch
+        self.on_done = on_done  # called (in the runner's thread) once the answer is set
         self.lead: tuple[Runner, list[_Pending]] | None = None
         self.enqueued = time.monotonic()
         self.state = _QUEUED
@@ -96,11 +99,15 @@ class _Pending:
         self._value = value
         self._done = True
         self._signal.release()
+        if self.on_done is not None:
+            self.on_done()
 
     def set_exception(self, error: BaseException) -> None:
         self._error = error
         self._done = True
         self._signal.release()
+        if self.on_done is not None:
+            self.on_done()
 
 
 def _batch_key(feeds: dict[str, np.ndarray]) -> tuple:
@@ -224,16 +231,63 @@ class Batcher:
         if head is not None:
             head._signal.release()
 
-    def submit(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> _Pending:
+    def submit(
+        self,
+        feeds: dict[str, np.ndarray],
+        deadline: float | None = None,
+        on_done: Callable[[], object] | None = None,
+    ) -> _Pending:
         """Queue one request; `.result(timeout)` of the returned handle gives its outputs.
 
-        A runner thread runs it. `deadline` is a time.monotonic() value. Raises QueueFull when
-        the queue is at its bound.
+        A runner thread runs it and then calls `on_done()` (in its own thread). `deadline` is
+        a time.monotonic() value. Raises QueueFull when the queue is at its bound.
         """
         rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
-        pending = _Pending(feeds, rows, _batch_key(feeds), deadline, False)
+        pending = _Pending(feeds, rows, _batch_key(feeds), deadline, False, on_done)
         with self._cond:
             return self._enqueue(pending)
+
+    async def infer_async(
+        self, feeds: dict[str, np.ndarray], deadline: float | None = None
+    ) -> list:
+        """`infer` for an asyncio caller: queue the request, await its batch, return its outputs.
+
+        The event loop never blocks: a runner thread runs the batch and wakes the loop once per
+        request answered. At `deadline` a request still queued is dropped (DeadlineExceeded).
+        """
+        loop = asyncio.get_running_loop()
+        woken = loop.create_future()
+
+        def wake() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        pending = self.submit(feeds, deadline, lambda: loop.call_soon_threadsafe(wake))
+        timer = None
+        if deadline is not None:
+            timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, pending)
+        try:
+            await woken
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return pending.result()
+
+    def _expire(self, pending: _Pending) -> None:
+        """A queued request reached its deadline: drop it and answer DeadlineExceeded."""
+        with self._cond:
+            if pending.state != _QUEUED:
+                return  # running (or done): moments away
+            pending.state = _CANCELLED
+            self._queue.remove(pending)
+            self._queue_depth.set(len(self._queue))
+        metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
+        pending.set_exception(
+            DeadlineExceeded(
+                f"request deadline exceeded while queued for model {self.model} "
+                f"version {self.version}"
+            )
+        )
 
     def _enqueue(self, pending: _Pending) -> _Pending:
         """Append to the queue (the caller holds the lock); QueueFull at the bound or closed."""

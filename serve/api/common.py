@@ -54,13 +54,20 @@ def read_body() -> bytes:
     """
     limit = server().settings.max_body_size
     length = request.content_length
-    if length is not None and length > limit:
-        raise ProtocolError(413, f"request body of {length} bytes exceeds the {limit}-byte limit")
+    if length is not None:
+        check_body_size(length, limit, declared=True)
     stream = request.environ["wsgi.input"]
     body = stream.read(length) if length is not None else stream.read(limit + 1)
-    if len(body) > limit:
-        raise ProtocolError(413, f"request body exceeds the {limit}-byte limit")
+    check_body_size(len(body), limit)
     return decode_body(body, request.headers.get("Content-Encoding"), limit)
+
+
+def check_body_size(size: int, limit: int, declared: bool = False) -> None:
+    """413 when a body (`declared` by Content-Length, or as read so far) exceeds `limit`."""
+    if size > limit:
+        if declared:
+            raise ProtocolError(413, f"request body of {size} bytes exceeds the {limit}-byte limit")
+        raise ProtocolError(413, f"request body exceeds the {limit}-byte limit")
 
 
 def encoded(body: bytes, headers: dict[str, str], status: int = 200) -> Response:
@@ -73,23 +80,47 @@ def encoded(body: bytes, headers: dict[str, str], status: int = 200) -> Response
     return response
 
 
-def failure(exc: Exception) -> Response:
-    """Map what can go wrong while serving a request to its status (protocols.md section 3)."""
+def error_for(exc: Exception) -> tuple[int, str, dict[str, str] | None]:
+    """Status, message and extra headers for what can go wrong while serving a request
+    (protocols.md section 3); every front end answers errors through this one table.
+
+    Unexpected exceptions map to 500 (the caller logs them: see `is_unexpected`).
+    """
     if isinstance(exc, ProtocolError):
-        return error_response(exc.status, exc.message)
+        return exc.status, exc.message, None
     if isinstance(exc, ModelNotFound):
-        return error_response(404, str(exc))
+        return 404, str(exc), None
     if isinstance(exc, ModelNotReady):
-        retry = {"Retry-After": RETRY_AFTER_SECONDS} if exc.loading else None
-        return error_response(503, str(exc), retry)
+        return 503, str(exc), {"Retry-After": RETRY_AFTER_SECONDS} if exc.loading else None
     if isinstance(exc, QueueFull):
-        return error_response(503, str(exc), {"Retry-After": RETRY_AFTER_SECONDS})
+        return 503, str(exc), {"Retry-After": RETRY_AFTER_SECONDS}
     if isinstance(exc, DeadlineExceeded):
-        return error_response(504, str(exc))
+        return 504, str(exc), None
     if isinstance(exc, InferenceError):
-        return error_response(exc.status, str(exc))
-    log.exception("unexpected error while serving %s %s", request.method, request.path)
-    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+        return exc.status, str(exc), None
+    return 500, f"internal error ({type(exc).__name__}); see the server log", None
+
+
+_EXPECTED = (
+    ProtocolError,
+    ModelNotFound,
+    ModelNotReady,
+    QueueFull,
+    DeadlineExceeded,
+    InferenceError,
+)
+
+
+def is_unexpected(exc: Exception) -> bool:
+    """True for a fault of the server (a 500 worth a traceback in the log)."""
+    return not isinstance(exc, _EXPECTED)
+
+
+def failure(exc: Exception) -> Response:
+    """The error answer for `exc` (see `error_for`), logging unexpected ones with a traceback."""
+    if is_unexpected(exc):
+        log.exception("unexpected error while serving %s %s", request.method, request.path)
+    return error_response(*error_for(exc))
 
 
 def deadline_for(mv: ModelVersion, timeout_us: Any) -> float | None:
@@ -110,7 +141,13 @@ def deadline_for(mv: ModelVersion, timeout_us: Any) -> float | None:
 
 def resolve(ctx: dict, name: str, version: str | None) -> ModelVersion:
     """The model version to serve, noted in `ctx` for the request metrics, held until answered."""
-    registry = server().registry
+    return hold_version(server().registry, ctx, name, version)
+
+
+def hold_version(
+    registry: ModelRegistry, ctx: dict, name: str, version: str | None
+) -> ModelVersion:
+    """`resolve` for any front end: look the version up, hold it, note it in `ctx`."""
     if name in registry.models:
         ctx["model"] = name
     try:
@@ -125,10 +162,14 @@ def resolve(ctx: dict, name: str, version: str | None) -> ModelVersion:
     return mv
 
 
+def batch_rows(mv: ModelVersion, feeds: dict[str, np.ndarray]) -> int:
+    """Rows a request adds to a batch (1 for models that do not batch), for the access log."""
+    return next(iter(feeds.values())).shape[0] if mv.batching and feeds else 1
+
+
 def run_model(mv: ModelVersion, feeds: dict[str, np.ndarray], deadline: float | None) -> list:
     """Run the request through the model's batcher; its outputs in signature order."""
-    rows = next(iter(feeds.values())).shape[0] if mv.batching and feeds else 1
-    accesslog.annotate(batch_size=rows)
+    accesslog.annotate(batch_size=batch_rows(mv, feeds))
     return mv.batcher.infer(feeds, deadline)  # type: ignore[union-attr]
 
 

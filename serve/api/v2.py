@@ -7,8 +7,9 @@ import importlib.metadata
 
 from flask import Blueprint, Response, request
 
-from serve import metrics
+from serve import accesslog, metrics
 from serve.api.common import (
+    batch_rows,
     deadline_for,
     encoded,
     error_response,
@@ -17,12 +18,11 @@ from serve.api.common import (
     observed,
     read_body,
     resolve,
-    run_model,
     server,
 )
 from serve.models import ModelVersion, State
 from serve.protocol import jsondata, v2
-from serve.protocol.types import ProtocolError
+from serve.protocol.types import InferRequest, ProtocolError
 from serve.protocol.validate import validate_request
 from serve.worker import draining
 
@@ -249,12 +249,30 @@ def repository_index() -> Response:
 
 def _infer(ctx: dict, name: str, version: str | None = None) -> Response:
     mv = resolve(ctx, name, version)
-    body = read_body()
+    req, feeds, deadline = prepare_infer(mv, read_body(), request.headers.get(v2.HEADER_LENGTH))
+    accesslog.annotate(batch_size=batch_rows(mv, feeds))
+    body, headers = answer_infer(mv, req, mv.batcher.infer(feeds, deadline))  # type: ignore[union-attr]
+    return encoded(body, headers)
+
+
+def prepare_infer(
+    mv: ModelVersion, body: bytes, header_length: str | None
+) -> tuple[InferRequest, dict, float | None]:
+    """Decode and validate an infer body for `mv`: the request, its feeds and its deadline.
+
+    Shared by the Flask view and the event-loop fast path (serve.asgi), so both answer alike.
+    """
     raw_spec = mv.inputs[0] if len(mv.inputs) == 1 else None
-    req = v2.decode_infer(body, request.headers.get(v2.HEADER_LENGTH), raw_input=raw_spec)
+    req = v2.decode_infer(body, header_length, raw_input=raw_spec)
     validate_request(req, mv.inputs, mv.outputs, mv.max_batch_size)
     deadline = deadline_for(mv, req.parameters.get("timeout"))
-    results = run_model(mv, {i.name: i.data for i in req.inputs}, deadline)
+    return req, {i.name: i.data for i in req.inputs}, deadline
+
+
+def answer_infer(
+    mv: ModelVersion, req: InferRequest, results: list
+) -> tuple[bytes, dict[str, str]]:
+    """Encode the outputs the request asked for (all, by default) as the V2 answer."""
     if req.outputs is None:
         chosen = [
             (s.name, arr, req.binary_output) for s, arr in zip(mv.outputs, results, strict=True)
@@ -262,8 +280,7 @@ def _infer(ctx: dict, name: str, version: str | None = None) -> Response:
     else:
         index = {s.name: i for i, s in enumerate(mv.outputs)}
         chosen = [(o.name, results[index[o.name]], o.binary) for o in req.outputs]
-    body, headers = v2.encode_infer(mv.name, str(mv.version), req.id, chosen)
-    return encoded(body, headers)
+    return v2.encode_infer(mv.name, str(mv.version), req.id, chosen)
 
 
 bp.add_url_rule("/v2/models/<name>/infer", "infer", observed("v2", _infer), methods=["POST"])

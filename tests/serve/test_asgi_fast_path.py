@@ -1,0 +1,308 @@
+"""The event-loop inference path (serve.asgi) answers exactly as the Flask views do.
+
+Every request below goes to the same app twice: through Flask (its test client) and through the
+ASGI fast path (called as uvicorn calls it); status, headers that carry meaning and body bytes
+must agree, and the fast path must not have fallen back to Flask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve import metrics
+from serve.app import create_app
+from serve.asgi import TapeserveASGI
+from serve.settings import Settings
+from tests.serve.builders import identity
+
+_COMPARED = (
+    "content-type",
+    "inference-header-content-length",
+    "content-encoding",
+    "retry-after",
+    "www-authenticate",
+)
+
+
+def _repository(root: Path) -> Path:
+    import onnx
+
+    for name, config in (("ident", {"max_batch_size": 8}), ("fixed", {"max_batch_size": 0})):
+        target = root / name / "1" / "model.onnx"
+        target.parent.mkdir(parents=True)
+        onnx.save(identity("FP32", ("N", 3)), target)
+        (root / name / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def _app(tmp_path: Path, **settings) -> TapeserveASGI:
+    flask_app = create_app(
+        Settings(
+            model_repository=str(_repository(tmp_path / "repo")), log_level="warning", **settings
+        )
+    )
+    registry = flask_app.extensions["tapeserve"].registry
+    deadline = time.monotonic() + 30
+    while not registry.ready(strict=True):
+        assert time.monotonic() < deadline, "models did not load"
+        time.sleep(0.02)
+    app = TapeserveASGI(flask_app, threads=2)
+    app.fell_back = 0
+    wsgi = app._wsgi
+
+    async def counting(scope, receive, send):
+        app.fell_back += 1
+        await wsgi(scope, receive, send)
+
+    app._wsgi = counting
+    return app
+
+
+def call_asgi(app: TapeserveASGI, path: str, body: bytes, headers: dict[str, str]):
+    """One POST through the ASGI app: (status, headers by lower-case name, body)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        + [(b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    chunks = [body[: len(body) // 2], body[len(body) // 2 :]]  # the body in two receives
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i == 0} for i, c in enumerate(chunks)
+    ]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    start, *bodies = sent
+    out = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], out, b"".join(m.get("body", b"") for m in bodies)
+
+
+def call_flask(app: TapeserveASGI, path: str, body: bytes, headers: dict[str, str]):
+    response = app.flask_app.test_client().post(path, data=body, headers=headers)
+    out = {k.lower(): v for k, v in response.headers.items()}
+    return response.status_code, out, response.get_data()
+
+
+def _binary(x: np.ndarray, binary_output: bool = True) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": binary_output},
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(head)),
+    }
+    return head + x.tobytes(), headers
+
+
+X = np.arange(6, dtype=np.float32).reshape(2, 3)
+JSON_OK = json.dumps(
+    {
+        "id": "r1",
+        "inputs": [{"name": "x", "shape": [2, 3], "datatype": "FP32", "data": X.ravel().tolist()}],
+    }
+).encode()
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+CASES = {
+    "json": ("/v2/models/ident/infer", JSON_OK, JSON_HEADERS),
+    "json version": ("/v2/models/ident/versions/1/infer", JSON_OK, JSON_HEADERS),
+    "binary in and out": ("/v2/models/ident/infer", *_binary(X)),
+    "binary in, json out": ("/v2/models/ident/infer", *_binary(X, False)),
+    "raw body": (
+        "/v2/models/ident/infer",
+        X[:1].tobytes(),
+        {"Inference-Header-Content-Length": "0"},
+    ),
+    "gzip body": (
+        "/v2/models/ident/infer",
+        gzip.compress(JSON_OK),
+        {**JSON_HEADERS, "Content-Encoding": "gzip"},
+    ),
+    "gzip answer": (
+        "/v2/models/ident/infer",
+        json.dumps(
+            {"inputs": [{"name": "x", "shape": [200, 3], "datatype": "FP32", "data": [1.5] * 600}]}
+        ).encode(),
+        {**JSON_HEADERS, "Accept-Encoding": "gzip"},
+    ),
+    "requested output": (
+        "/v2/models/ident/infer",
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}],
+                "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+            }
+        ).encode(),
+        JSON_HEADERS,
+    ),
+    "unbatched model": ("/v2/models/fixed/infer", JSON_OK, JSON_HEADERS),
+    "request id kept": (
+        "/v2/models/ident/infer",
+        JSON_OK,
+        {**JSON_HEADERS, "X-Request-ID": "trace-42"},
+    ),
+    "bad json": ("/v2/models/ident/infer", b"{nope", JSON_HEADERS),
+    "wrong shape": (
+        "/v2/models/ident/infer",
+        json.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+        ).encode(),
+        JSON_HEADERS,
+    ),
+    "wrong datatype": (
+        "/v2/models/ident/infer",
+        json.dumps(
+            {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "INT32", "data": [1, 2, 3]}]}
+        ).encode(),
+        JSON_HEADERS,
+    ),
+    "unknown output": (
+        "/v2/models/ident/infer",
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}],
+                "outputs": [{"name": "nope"}],
+            }
+        ).encode(),
+        JSON_HEADERS,
+    ),
+    "bad timeout": (
+        "/v2/models/ident/infer",
+        json.dumps(
+            {
+                "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}],
+                "parameters": {"timeout": -5},
+            }
+        ).encode(),
+        JSON_HEADERS,
+    ),
+    "bad header length": (
+        "/v2/models/ident/infer",
+        JSON_OK,
+        {**JSON_HEADERS, "Inference-Header-Content-Length": "x1"},
+    ),
+    "header length past body": (
+        "/v2/models/ident/infer",
+        JSON_OK,
+        {**JSON_HEADERS, "Inference-Header-Content-Length": "99999"},
+    ),
+    "batch too large": (
+        "/v2/models/ident/infer",
+        json.dumps(
+            {"inputs": [{"name": "x", "shape": [9, 3], "datatype": "FP32", "data": [0] * 27}]}
+        ).encode(),
+        JSON_HEADERS,
+    ),
+    "unknown model": ("/v2/models/nope/infer", JSON_OK, JSON_HEADERS),
+    "unknown version": ("/v2/models/ident/versions/7/infer", JSON_OK, JSON_HEADERS),
+    "bad name": ("/v2/models/a b!/infer", JSON_OK, JSON_HEADERS),
+    "dot segment": ("/v2/models/ident/versions/../infer", JSON_OK, JSON_HEADERS),
+    "bad gzip": (
+        "/v2/models/ident/infer",
+        b"not gzip",
+        {**JSON_HEADERS, "Content-Encoding": "gzip"},
+    ),
+    "unknown encoding": (
+        "/v2/models/ident/infer",
+        JSON_OK,
+        {**JSON_HEADERS, "Content-Encoding": "br"},
+    ),
+    "too large": ("/v2/models/ident/infer", b" " * 5000 + JSON_OK, JSON_HEADERS),
+}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory) -> TapeserveASGI:
+    return _app(tmp_path_factory.mktemp("fast"), max_body_size=4096)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fast_path_answers_as_flask(app: TapeserveASGI, case: str) -> None:
+    path, body, headers = CASES[case]
+    before = app.fell_back
+    fast = call_asgi(app, path, body, headers)
+    assert app.fell_back == before, "the request went through Flask, not the fast path"
+    slow = call_flask(app, path, body, headers)
+    assert fast[0] == slow[0], (fast, slow)
+    assert fast[2] == slow[2], (fast[2][:300], slow[2][:300])
+    for name in _COMPARED:
+        assert fast[1].get(name) == slow[1].get(name), name
+    assert fast[1]["content-length"] == str(len(fast[2]))
+    if "X-Request-ID" in headers:
+        assert fast[1]["x-request-id"] == headers["X-Request-ID"] == slow[1]["x-request-id"]
+    else:
+        assert fast[1]["x-request-id"] != slow[1]["x-request-id"]
+
+
+def test_fast_path_results_are_the_model_outputs(app: TapeserveASGI) -> None:
+    status, headers, body = call_asgi(app, "/v2/models/ident/infer", *_binary(X))
+    assert status == 200
+    length = int(headers["inference-header-content-length"])
+    head = json.loads(body[:length])
+    assert head["outputs"][0]["shape"] == [2, 3]
+    np.testing.assert_array_equal(np.frombuffer(body[length:], np.float32).reshape(2, 3), X)
+
+
+def test_other_endpoints_go_through_flask(app: TapeserveASGI) -> None:
+    before = app.fell_back
+    status, _, body = call_asgi(app, "/v2/repository/index", b"{}", JSON_HEADERS)
+    assert status == 200 and {row["name"] for row in json.loads(body)} == {"ident", "fixed"}
+    assert app.fell_back == before + 1
+
+
+def test_fast_path_counts_requests_like_the_flask_view(app: TapeserveASGI) -> None:
+    def count(code: str) -> float:
+        return metrics.REQUESTS.labels("ident", "1", "v2", code)._value.get()
+
+    ok, bad = count("200"), count("400")
+    call_asgi(app, *CASES["json"][:1], *CASES["json"][1:])
+    call_asgi(app, *CASES["wrong shape"][:1], *CASES["wrong shape"][1:])
+    assert (count("200"), count("400")) == (ok + 1, bad + 1)
+
+
+def test_inference_token_is_checked_on_the_fast_path(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TAPESERVE_INFERENCE_TOKEN", "s3cret")
+    app = _app(tmp_path)
+    path, body, headers = CASES["json"]
+    for extra in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret"}):
+        fast = call_asgi(app, path, body, {**headers, **extra})
+        slow = call_flask(app, path, body, {**headers, **extra})
+        assert fast[0] == slow[0] and fast[2] == slow[2]
+        assert fast[1].get("www-authenticate") == slow[1].get("www-authenticate")
+    assert [
+        call_asgi(app, path, body, {**headers, **e})[0]
+        for e in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret"})
+    ] == [401, 403, 200]
