@@ -13,6 +13,7 @@ while models load, by design), are logged at DEBUG only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import re
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -89,7 +91,21 @@ def _start() -> None:
 
 def request_id_from(incoming: str | None) -> str:
     """The client's X-Request-ID when it is a safe token, else a fresh one."""
-    return incoming if incoming and _VALID_ID.fullmatch(incoming) else uuid.uuid4().hex
+    return incoming if incoming and _VALID_ID.fullmatch(incoming) else new_request_id()
+
+
+_id_source: tuple[int, str, Iterator[int]] = (0, "", iter(()))
+
+
+def new_request_id() -> str:
+    """32 hex digits, unique across workers and restarts: a random prefix drawn once per process
+    and a counter (a uuid4 per request costs a getrandom() call)."""
+    global _id_source
+    pid, prefix, counter = _id_source
+    if pid != os.getpid():  # first call in this process (or a fork of it)
+        pid, prefix, counter = os.getpid(), uuid.uuid4().hex[:16], itertools.count()
+        _id_source = (pid, prefix, counter)
+    return f"{prefix}{next(counter):016x}"
 
 
 def level_for(path: str, status: int) -> int:
@@ -101,7 +117,7 @@ def level_for(path: str, status: int) -> int:
 
 def _finish(response: Response) -> Response:
     ctx = g._get_current_object()
-    rid = ctx.get("request_id") or uuid.uuid4().hex
+    rid = ctx.get("request_id") or new_request_id()
     response.headers[HEADER] = rid
     status = response.status_code
     req = request._get_current_object()  # type: ignore[attr-defined]

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -108,6 +110,43 @@ class _Pending:
         self._signal.release()
         if self.on_done is not None:
             self.on_done()
+
+
+class _LoopWaker:
+    """Wakes an event loop's awaiting requests from runner threads: one loop wake-up (a
+    syscall) per burst of answers - a whole batch - instead of one per request."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._ready: list[asyncio.Future] = []
+
+    def post(self, future: asyncio.Future) -> None:
+        """Mark `future` answered (any thread); the loop resolves it on its next turn."""
+        with self._lock:
+            self._ready.append(future)
+            if len(self._ready) > 1:
+                return  # a wake-up is already on its way
+        self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for future in ready:
+            if not future.done():
+                future.set_result(None)
+
+
+_WAKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    waker = _WAKERS.get(loop)
+    if waker is None:
+        waker = _WAKERS[loop] = _LoopWaker(loop)
+    return waker
 
 
 def _batch_key(feeds: dict[str, np.ndarray]) -> tuple:
@@ -252,17 +291,13 @@ class Batcher:
     ) -> list:
         """`infer` for an asyncio caller: queue the request, await its batch, return its outputs.
 
-        The event loop never blocks: a runner thread runs the batch and wakes the loop once per
-        request answered. At `deadline` a request still queued is dropped (DeadlineExceeded).
+        The event loop never blocks: a runner thread runs the batch and wakes the loop once for
+        all the answers it just set. At `deadline` a request still queued is dropped
+        (DeadlineExceeded).
         """
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
-
-        def wake() -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        pending = self.submit(feeds, deadline, lambda: loop.call_soon_threadsafe(wake))
+        pending = self.submit(feeds, deadline, functools.partial(_waker(loop).post, woken))
         timer = None
         if deadline is not None:
             timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, pending)

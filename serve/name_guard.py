@@ -18,6 +18,19 @@ MODEL_PREFIXES = ("/v2/models/", "/v2/repository/models/", "/v1/models/")
 
 def check_model_path(path: str) -> None:
     """Raise ProtocolError(400) when `path` names a model badly or holds `.`/`..` segments."""
+    if path in _GOOD_PATHS:
+        return
+    _check(path)
+    if len(_GOOD_PATHS) < _GOOD_PATHS_KEPT:
+        _GOOD_PATHS.add(path)
+
+
+#: Paths already found good (the few a deployment serves, asked again and again), bounded.
+_GOOD_PATHS: set[str] = set()
+_GOOD_PATHS_KEPT = 4096
+
+
+def _check(path: str) -> None:
     for prefix in MODEL_PREFIXES:
         if path.startswith(prefix):
             break
