@@ -1,7 +1,8 @@
 """The HTTP floor: a bare WSGI callable that reads the whole request body and answers a fixed body.
 
-Run under Gunicorn gthread like tapeserve; nothing a real server does can be faster on this
-machine, so it bounds what any Python WSGI server reaches at a given request size.
+Run under Gunicorn gthread like tapeserve's gthread worker; nothing a real WSGI server does can
+be faster on this machine, so it bounds what any Python WSGI server reaches at a given request
+size. floor_asgi.py is the same floor for the async (ASGI) stack.
 """
 
 from __future__ import annotations

@@ -57,13 +57,13 @@ def test_memory_of_own_process_tree() -> None:
     assert rss > 10_000 and 0 < pss <= rss
 
 
-def _row(label: str, c: int, rps: float, p50: float = 1.0) -> dict:
+def _row(label: str, c: int, rps: float, p50: float = 1.0, body_bytes: int = 100) -> dict:
     return {
         "server": label.split()[0],
         "label": label,
         "model": "cnn",
         "connections": c,
-        "body_bytes": 100,
+        "body_bytes": body_bytes,
         "check": "ok",
         "rps": rps,
         "p50_ms": p50,
@@ -83,14 +83,18 @@ def test_targets_and_table_from_rows() -> None:
         _row("tapeserve JSON batch", 1, 400, p50=2.1),
         _row("tapeserve JSON batch", 64, 2400),
         _row("tapeserve binary batch", 64, 3000),
-        _row("floor binary body", 64, 4000),
+        _row("floor WSGI gthread binary body", 64, 4000),
     ]
     raw = {"cnn": {1: {"samples_per_s": 9000.0, "ms_per_call": 0.1}}}
     got = {t: (m, ok) for t, m, _, ok in serving.targets(rows, raw)}
     assert got["cnn JSON c=64 vs best Flask app"] == ("4.00x", True)
     assert got["cnn binary vs JSON c=64"] == ("1.25x", False)
     assert got["cnn c=1 p50 vs best Flask app"] == ("1.05x", True)
-    assert got["cnn binary c=64 vs min(raw ORT best, floor)"] == ("75%", True)
+    assert got["cnn binary c=64 vs min(raw ORT best, fastest floor)"] == (
+        "75% of fastest floor (4,000/s); fastest floor: floor WSGI gthread binary body, "
+        "4,000 req/s",
+        True,
+    )
     raw_full = {"cnn": {b: {"samples_per_s": 1.0, "ms_per_call": 1.0} for b in serving.RAW_BATCHES}}
     info = {"started": "now", "settings": "s", "versions": {"python": "3"}}
     text = serving.markdown(rows, raw_full, info, [1, 64])
@@ -101,15 +105,22 @@ def test_targets_and_table_from_rows() -> None:
     assert "| cnn binary vs JSON c=64 | 1.25x | >= 1.5x | NO |" in text
 
 
-def test_floor_server_under_wrk_and_answer_check(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("name", "app", "threads", "worker_class"),
+    [
+        ("floor", "floor_app:app", 2, "gthread"),
+        ("floor asgi", "floor_asgi:app", None, serving.UVICORN_WORKER),
+    ],
+)
+def test_floor_server_under_wrk_and_answer_check(tmp_path, name, app, threads, worker_class):
     require_tool("wrk")
     x = serving.sample("cnn")
-    floor_case = serving.cases_for("cnn", x)["floor"][0]
+    floor_case = serving.cases_for("cnn", x)[name][1]  # the binary body
     with serving.gunicorn(
-        "floor_app:app",
+        app,
         workers=1,
-        threads=2,
-        worker_class="gthread",
+        threads=threads,
+        worker_class=worker_class,
         env={},
         scratch=tmp_path,
         health="/",
@@ -119,3 +130,69 @@ def test_floor_server_under_wrk_and_answer_check(tmp_path) -> None:
         rows = serving.drive([(server, [floor_case])], {"cnn": None}, [2], args, tmp_path, print)
     (row,) = rows
     assert row["requests"] > 0 and row["errors"] == 0 and row["peak_rss_mb"] > 0
+
+
+BIN = 3300  # the binary body's size; the JSON body is larger
+
+
+def _floor_rows(wsgi: float, asgi: float) -> list[dict]:
+    return [
+        _row("floor WSGI gthread JSON body", 64, 50_000, body_bytes=15_000),
+        _row("floor WSGI gthread binary body", 64, wsgi, body_bytes=BIN),
+        _row("floor WSGI gthread binary body", 8, 90_000, body_bytes=BIN),
+        _row("floor ASGI JSON body", 64, 60_000, body_bytes=15_000),
+        _row("floor ASGI binary body", 64, asgi, body_bytes=BIN),
+        _row("tapeserve binary batch", 64, 3000, body_bytes=BIN),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("wsgi", "asgi", "fastest"), [(2000, 10_000, "ASGI"), (6000, 5000, "WSGI")]
+)
+def test_binary_target_uses_the_fastest_floor_at_the_same_body(wsgi, asgi, fastest) -> None:
+    rows = _floor_rows(wsgi, asgi)
+    floor = serving.fastest_floor(rows, "cnn", BIN)
+    assert floor["label"].startswith(f"floor {fastest}") and floor["rps"] == max(wsgi, asgi)
+    assert floor["connections"] == 64 and floor["body_bytes"] == BIN  # not the faster JSON/c=8
+    raw = {"cnn": {128: {"samples_per_s": 50_000.0, "ms_per_call": 2.5}}}
+    ((measured, ok),) = [
+        (m, ok) for t, m, _, ok in serving.targets(rows, raw) if "fastest floor" in t
+    ]
+    limit = max(wsgi, asgi)
+    assert measured.startswith(f"{3000 / limit:.0%} of fastest floor ({limit:,.0f}/s)")
+    assert f"fastest floor: {floor['label']}, {limit:,.0f} req/s" in measured
+    assert ok is (3000 / limit >= 0.6)
+
+
+def test_binary_target_falls_back_to_raw_ort_and_still_names_the_floor() -> None:
+    rows = _floor_rows(2000, 10_000)
+    raw = {"cnn": {1: {"samples_per_s": 4000.0, "ms_per_call": 0.25}}}
+    ((measured, ok),) = [
+        (m, ok) for t, m, _, ok in serving.targets(rows, raw) if "fastest floor" in t
+    ]
+    assert measured == (
+        "75% of raw ORT best (4,000/s); fastest floor: floor ASGI binary body, 10,000 req/s"
+    )
+    assert ok
+    no_floor = [r for r in rows if not r["label"].startswith("floor ")]
+    assert serving.fastest_floor(no_floor, "cnn", BIN) is None
+    ((measured, _),) = [
+        (m, ok) for t, m, _, ok in serving.targets(no_floor, raw) if "fastest floor" in t
+    ]
+    assert measured.endswith("fastest floor: none measured")
+
+
+def test_every_server_has_cases_and_rows_name_the_worker() -> None:
+    cases = serving.cases_for("cnn", serving.sample("cnn"))
+    assert tuple(cases) == serving.SERVERS
+    labels = {server: [c.label for c in group] for server, group in cases.items()}
+    assert labels["floor"] == ["floor WSGI gthread JSON body", "floor WSGI gthread binary body"]
+    assert labels["floor asgi"] == ["floor ASGI JSON body", "floor ASGI binary body"]
+    assert labels["tapeserve gthread"] == [
+        "tapeserve gthread JSON batch",
+        "tapeserve gthread binary batch",
+    ]
+    assert all(c.server == server for server, group in cases.items() for c in group)
+    floor_bin = [c for c in cases["floor"] + cases["floor asgi"] if "binary" in c.label]
+    tape_bin = [c for c in cases["tapeserve"] + cases["tapeserve gthread"] if "binary" in c.label]
+    assert {len(c.body) for c in floor_bin + tape_bin} == {len(floor_bin[0].body)}
