@@ -1,13 +1,14 @@
 """The ASGI face of the tapeserve app, which the async Gunicorn worker (uvicorn) serves.
 
-The hot path - V2 inference - is answered on the event loop: the body is read, decoded and
-validated, the request queued in the model's batcher and awaited while a runner thread computes
-its batch, the answer encoded and sent, with no thread per request and HTTP parsed in C. Every
-other endpoint is the Flask app, run in a small thread pool (a2wsgi), so the API is defined once.
+The hot path - inference: V2 `infer` and TF Serving `:predict` - is answered on the event loop:
+the body is read, decoded and validated, the request queued in the model's batcher and awaited
+while a runner thread computes its batch, the answer encoded and sent, with no thread per request
+and HTTP parsed in C. Every other endpoint is the Flask app, run in a small thread pool
+(a2wsgi), so the API is defined once.
 
 Both paths answer inference alike because they share every step: the name guard, the inference
-token, `hold_version`, `prepare_infer` / `answer_infer`, the error table `error_for`, the
-request metrics and the access-log line.
+token, `hold_version`, the protocol's `prepare_*` / `answer_*` pair, the error table
+`error_for`, the request metrics and the access-log line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from a2wsgi import WSGIMiddleware
@@ -29,6 +32,7 @@ from serve.api.common import (
     hold_version,
     is_unexpected,
 )
+from serve.api.tfserving import answer_predict, prepare_predict
 from serve.api.v2 import answer_infer, prepare_infer
 from serve.name_guard import check_model_path
 from serve.protocol import v2
@@ -37,10 +41,32 @@ from serve.protocol.types import ProtocolError
 
 log = logging.getLogger("tapeserve.api")
 
-#: The V2 infer routes of serve.api.v2 (Flask's default converter: one path segment).
-_INFER = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
-
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+@dataclass(frozen=True)
+class _Route:
+    """An inference route of the Flask app and the steps its view takes."""
+
+    pattern: re.Pattern
+    protocol: str  # the `protocol` label of the request metrics
+    prepare: Callable  # (mv, body, header_length) -> (request, feeds, deadline)
+    answer: Callable  # (mv, request, outputs) -> (body, headers)
+    compress: bool  # the view compresses its answer as Accept-Encoding allows
+
+
+#: The inference routes of serve.api (Flask's default converter: one path segment; TF Serving
+#: carries `name:predict` in one segment, split at the first ':').
+_ROUTES = (
+    _Route(
+        re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer"),
+        "v2", prepare_infer, answer_infer, True,
+    ),
+    _Route(
+        re.compile(r"/v1/models/([^/:]+)(?:/versions/([^/:]+))?:predict"),
+        "tfserving", prepare_predict, answer_predict, False,
+    ),
+)  # fmt: skip
 
 
 class TapeserveASGI:
@@ -54,29 +80,31 @@ class TapeserveASGI:
         self._limit = state.settings.max_body_size
         admin = flask_app.extensions.get("tapeserve.admin")
         self._token = admin.inference_token if admin is not None else None
-        self._counters: dict[tuple[str, str, str], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
+        self._counters: dict[tuple[str, str, str, str], Any] = {}
+        self._durations: dict[tuple[str, str, str], Any] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = _INFER.fullmatch(scope["path"])
-            if match is not None:
-                await self._infer(scope, receive, send, match[1], match[2])
-                return
+            path = scope["path"]
+            for route in _ROUTES:
+                match = route.pattern.fullmatch(path)
+                if match is not None:
+                    await self._infer(scope, receive, send, route, match[1], match[2])
+                    return
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
         await self._wsgi(scope, receive, send)
 
     async def _infer(
-        self, scope: dict, receive: Any, send: Any, name: str, version: str | None
+        self, scope: dict, receive: Any, send: Any, route: _Route, name: str, version: str | None
     ) -> None:
         started = time.perf_counter()
         headers = _headers(scope)
         rid = accesslog.request_id_from(headers.get("x-request-id"))
         fields: dict[str, Any] = {}
         status, out_headers, body = await self._answer(
-            scope, receive, headers, name, version, fields
+            scope, receive, headers, route, name, version, fields
         )
         out_headers.append((b"content-length", str(len(body)).encode()))
         out_headers.append((b"x-request-id", rid.encode()))
@@ -96,6 +124,7 @@ class TapeserveASGI:
         scope: dict,
         receive: Any,
         headers: dict[str, str],
+        route: _Route,
         name: str,
         version: str | None,
         fields: dict[str, Any],
@@ -115,7 +144,7 @@ class TapeserveASGI:
         ctx: dict[str, Any] = {}
         metrics.INFLIGHT_REQUESTS.inc()
         try:
-            answer = await self._run(receive, headers, ctx, name, version, fields)
+            answer = await self._run(receive, headers, route, ctx, name, version, fields)
         except Exception as exc:
             if is_unexpected(exc):
                 log.exception("unexpected error while serving POST %s", scope["path"])
@@ -129,13 +158,15 @@ class TapeserveASGI:
             fields["model"], fields["version"] = model, ver
         else:
             model, ver = ctx.get("model", ""), ""
-        self._count(model, ver, answer[0], None if mv is None else time.perf_counter() - started)
+        seconds = None if mv is None else time.perf_counter() - started
+        self._count(route.protocol, model, ver, answer[0], seconds)
         return answer
 
     async def _run(
         self,
         receive: Any,
         headers: dict[str, str],
+        route: _Route,
         ctx: dict,
         name: str,
         version: str | None,
@@ -144,13 +175,14 @@ class TapeserveASGI:
         mv = hold_version(self._registry, ctx, name, version)
         body = await _read_body(receive, self._limit, headers.get("content-length"))
         body = decode_body(body, headers.get("content-encoding"), self._limit)
-        req, feeds, deadline = prepare_infer(
-            mv, body, headers.get("inference-header-content-length")
-        )
+        header_length = headers.get("inference-header-content-length")
+        req, feeds, deadline = route.prepare(mv, body, header_length)
         fields["batch_size"] = batch_rows(mv, feeds)
         results = await mv.batcher.infer_async(feeds, deadline)  # type: ignore[union-attr]
-        body, answer_headers = answer_infer(mv, req, results)
-        body, coding = encode_body(body, headers.get("accept-encoding"))
+        body, answer_headers = route.answer(mv, req, results)
+        coding = None
+        if route.compress:
+            body, coding = encode_body(body, headers.get("accept-encoding"))
         out = [
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer_headers.items()
         ]
@@ -159,19 +191,19 @@ class TapeserveASGI:
             out.append((b"vary", b"Accept-Encoding"))
         return 200, out, body
 
-    def _count(self, model: str, version: str, status: int, seconds: float | None) -> None:
+    def _count(
+        self, protocol: str, model: str, version: str, status: int, seconds: float | None
+    ) -> None:
         """The request counter and duration of serve.api.common.observed, children cached."""
-        key = (model, version, str(status))
+        key = (model, version, protocol, str(status))
         counter = self._counters.get(key)
         if counter is None:
-            counter = self._counters[key] = metrics.REQUESTS.labels(model, version, "v2", key[2])
+            counter = self._counters[key] = metrics.REQUESTS.labels(*key)
         counter.inc()
         if seconds is not None:
-            histogram = self._durations.get(key[:2])
+            histogram = self._durations.get(key[:3])
             if histogram is None:
-                histogram = self._durations[key[:2]] = metrics.REQUEST_DURATION.labels(
-                    model, version, "v2"
-                )
+                histogram = self._durations[key[:3]] = metrics.REQUEST_DURATION.labels(*key[:3])
             histogram.observe(seconds)
 
 

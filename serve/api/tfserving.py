@@ -19,6 +19,7 @@ from serve.api.common import (
     run_model,
     server,
 )
+from serve.models import ModelVersion
 from serve.protocol import tfserving
 
 bp = Blueprint("tfserving", __name__)
@@ -60,10 +61,26 @@ def _metadata(name: str, version: str | None) -> Response:
 
 def _predict(ctx: dict, name: str, version: str | None = None) -> Response:
     mv = resolve(ctx, name, version)
-    req = tfserving.decode_predict(read_body(), mv.inputs, max_batch_size=mv.max_batch_size)
-    results = run_model(mv, req.inputs, deadline_for(mv, None))
+    req, feeds, deadline = prepare_predict(mv, read_body())
+    body, _ = answer_predict(mv, req, run_model(mv, feeds, deadline))
+    return json_response_bytes(body)
+
+
+def prepare_predict(
+    mv: ModelVersion, body: bytes, header_length: str | None = None
+) -> tuple[tfserving.PredictRequest, dict, float | None]:
+    """Decode a `:predict` body for `mv`: the request, its feeds and its deadline (shared with
+    the event-loop fast path, serve.asgi; `header_length` is V2's and unused here)."""
+    req = tfserving.decode_predict(body, mv.inputs, max_batch_size=mv.max_batch_size)
+    return req, req.inputs, deadline_for(mv, None)
+
+
+def answer_predict(
+    mv: ModelVersion, req: tfserving.PredictRequest, results: list
+) -> tuple[bytes, dict[str, str]]:
+    """The `:predict` answer in the request's row or column format."""
     outputs = {spec.name: arr for spec, arr in zip(mv.outputs, results, strict=True)}
-    return json_response_bytes(tfserving.encode_predict(outputs, req.row_format))
+    return tfserving.encode_predict(outputs, req.row_format), {"Content-Type": "application/json"}
 
 
 def json_response_bytes(body: bytes) -> Response:

@@ -240,6 +240,21 @@ CASES = {
         JSON_OK,
         {**JSON_HEADERS, "Content-Encoding": "br"},
     ),
+    "tf rows": ("/v1/models/ident:predict", b'{"instances": [[1, 2, 3], [4, 5, 6]]}', JSON_HEADERS),
+    "tf columns": ("/v1/models/ident/versions/1:predict", b'{"inputs": [[1, 2, 3]]}', JSON_HEADERS),
+    "tf gzip body": (
+        "/v1/models/ident:predict",
+        gzip.compress(b'{"instances": [[1, 2, 3]]}'),
+        {**JSON_HEADERS, "Content-Encoding": "gzip", "Accept-Encoding": "gzip"},
+    ),
+    "tf bad body": ("/v1/models/ident:predict", b'{"instances": [[1, 2]]}', JSON_HEADERS),
+    "tf unknown model": ("/v1/models/nope:predict", b'{"instances": [[1, 2, 3]]}', JSON_HEADERS),
+    "tf unknown version": (
+        "/v1/models/ident/versions/3:predict",
+        b'{"instances": [[1, 2, 3]]}',
+        JSON_HEADERS,
+    ),
+    "tf dot segment": ("/v1/models/..:predict", b'{"instances": [[1, 2, 3]]}', JSON_HEADERS),
     "too large": ("/v2/models/ident/infer", b" " * 5000 + JSON_OK, JSON_HEADERS),
 }
 
@@ -288,9 +303,12 @@ def test_fast_path_counts_requests_like_the_flask_view(app: TapeserveASGI) -> No
         return metrics.REQUESTS.labels("ident", "1", "v2", code)._value.get()
 
     ok, bad = count("200"), count("400")
-    call_asgi(app, *CASES["json"][:1], *CASES["json"][1:])
-    call_asgi(app, *CASES["wrong shape"][:1], *CASES["wrong shape"][1:])
+    tf_ok = metrics.REQUESTS.labels("ident", "1", "tfserving", "200")._value.get()
+    call_asgi(app, *CASES["json"])
+    call_asgi(app, *CASES["wrong shape"])
+    call_asgi(app, *CASES["tf rows"])
     assert (count("200"), count("400")) == (ok + 1, bad + 1)
+    assert metrics.REQUESTS.labels("ident", "1", "tfserving", "200")._value.get() == tf_ok + 1
 
 
 def test_inference_token_is_checked_on_the_fast_path(tmp_path, monkeypatch) -> None:
