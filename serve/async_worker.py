@@ -313,6 +313,9 @@ class AsyncWorker(UvicornWorker):
             {"limits": HttpLimits.from_cfg(self.cfg)},
         )
         self.config.timeout_graceful_shutdown = self.cfg.graceful_timeout
+        # uvicorn checks once a second whether to beat; beat every time, as gthread does (its
+        # default, half the worker timeout, can leave two seconds between beats).
+        self.config.timeout_notify = 0.5
         self._early_stop: int | None = None
 
     def init_signals(self) -> None:
@@ -337,7 +340,9 @@ class AsyncWorker(UvicornWorker):
         server = DrainingServer(self.config)
         if self._early_stop is not None:
             server.handle_exit(self._early_stop, None)
-        await server.serve(sockets=self.sockets)
+        # The plain sockets, not Gunicorn's wrappers: uvloop then detaches each as it closes its
+        # listener, instead of Gunicorn logging EBADF for a descriptor already closed.
+        await server.serve(sockets=[listener.sock for listener in self.sockets])
         if not server.started:
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 

@@ -104,15 +104,27 @@ class DrainingThreadWorker(ThreadWorker):
 
 
 def exit_after_drain(worker: object) -> None:
-    """Gunicorn's `worker_exit` hook: end a drained worker with status 0 right away.
+    """Gunicorn's `worker_exit` hook: end the worker right away, skipping interpreter teardown.
 
     Interpreter teardown with live onnxruntime sessions aborts the process (SIGABRT from a C++
-    destructor) after every request was already answered; skipping it makes the exit clean and
-    quick, and also ends threads still stuck in a request when the grace period ran out.
-    Workers that end any other way (boot errors) keep their status.
+    destructor) after every request was already answered, or hangs in one (a worker whose app
+    failed to build never exits, so the master never reports the boot failure); skipping it
+    makes the exit clean and quick, and also ends threads still stuck in a request when the
+    grace period ran out. A drained worker exits 0; one leaving through `sys.exit` (Gunicorn's
+    boot and load errors, quick shutdown) keeps that status; any other end is left alone.
     """
     if getattr(worker, "drained", False):
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        status = 0
+    else:
+        leaving = sys.exc_info()[1]  # the SystemExit Gunicorn's spawn_worker is propagating
+        if not isinstance(leaving, SystemExit):
+            return
+        if leaving.code is None or isinstance(leaving.code, int):
+            status = leaving.code or 0
+        else:
+            print(leaving.code, file=sys.stderr)  # what sys.exit("message") prints
+            status = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
