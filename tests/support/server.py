@@ -1,4 +1,4 @@
-"""Start a real `tapeserve serve` (Gunicorn + gthread workers) on a free loopback port for tests.
+"""Start a real `tapeserve serve` (Gunicorn, either worker class) on a free loopback port for tests.
 
     with run_server(repo, workers=2, extra_args=["--strict-readiness"]) as srv:
         requests.get(srv.url + "/v2/health/ready")
