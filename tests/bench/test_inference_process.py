@@ -31,7 +31,9 @@ def test_verdict_weighs_compute_gain_against_extra_handoff_share() -> None:
     assert win.extra_us == pytest.approx(70.0) and win.cost == pytest.approx(0.1)
     assert win.wins and "WINS" in win.line() and "+20.0%" in win.line()
     lose = ip.verdict(rates, handoffs(10.0, 220.0), request_us=700.0)  # 210 us = 30%
-    assert not lose.wins and "does NOT win" in lose.line()
+    assert not lose.wins and "does NOT win" in lose.line() and "costs less" not in lose.line()
+    cheaper = ip.verdict(rates, handoffs(10.0, 4.0), request_us=700.0)
+    assert cheaper.extra_us == pytest.approx(-6.0) and "costs less CPU" in cheaper.line()
     # the same extra cost weighs less against a costlier request
     assert ip.verdict(rates, handoffs(10.0, 220.0), request_us=2100.0).wins
     # no compute gain: even a free hand-off does not win
@@ -57,7 +59,8 @@ def test_compute_runs_both_layouts(tmp_path) -> None:
 
 def test_main_writes_the_table_and_verdict(tmp_path) -> None:
     out = tmp_path / "result.md"
-    ip.main(["--samples", "8", "--requests", "64", "--repeats", "1", "--out", str(out)])
+    tiny = ["--samples", "8", "--requests", "64", "--repeats", "1", "--handoff-repeats", "1"]
+    ip.main([*tiny, "--out", str(out)])
     text = out.read_text()
     for batch in ip.BATCHES:
         assert f"\n| {batch} | " in text
