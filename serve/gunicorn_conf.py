@@ -72,12 +72,12 @@ def on_starting(server) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(path, name))
     server.log.info(
-        "tapeserve: model repository %s, device %s, %d %s worker(s) x %d thread(s)",
+        "tapeserve: model repository %s, device %s, %d worker(s) x %d thread(s), %s",
         _settings.model_repository,
         _settings.device,
         _settings.workers,
-        _settings.worker_class,
         _settings.threads,
+        _settings.worker_class,
     )
 
 
