@@ -323,6 +323,8 @@ class AsyncWorker(UvicornWorker):
         # Until the server runs (the app is still being built), a stop signal is remembered.
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._remember_stop)
+        # The master's SIGABRT for a missed heartbeat: Gunicorn's worker_abort hook, exit 1.
+        signal.signal(signal.SIGABRT, self.handle_abort)
 
     def _remember_stop(self, sig: int, frame: FrameType | None) -> None:
         start_draining()
