@@ -236,7 +236,8 @@ class DrainingServer(Server):
         for sock in sockets or []:
             sock.close()
         logger.info(
-            "Draining: listeners closed, %d connection(s) open, %d taken from the backlog",
+            "%s: listeners closed, %d connection(s) open, %d taken from the backlog",
+            "Quick shutdown" if self.force_exit else "Draining",
             len(self.server_state.connections),
             len(taken),
         )
