@@ -31,7 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, ClassVar
 
@@ -40,7 +40,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.server import Server
+from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
 from serve.worker import draining, json_error_response, start_draining
@@ -59,6 +59,11 @@ class HttpLimits:
     request_line: int = 4094  # 0: unlimited
     fields: int = 100
     field_size: int = 8190
+    head_bytes: int = field(init=False)  # most bytes a head may take (Gunicorn's buffer bound)
+
+    def __post_init__(self) -> None:
+        line = self.request_line or 1024 * 1024
+        object.__setattr__(self, "head_bytes", self.fields * (self.field_size + 2) + 4 + line)
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> HttpLimits:
@@ -68,11 +73,6 @@ class HttpLimits:
         fields = MAX_HEADERS if fields <= 0 or fields > MAX_HEADERS else fields
         size = cfg.limit_request_field_size
         return cls(line, fields, size if size > 0 else DEFAULT_MAX_HEADERFIELD_SIZE)
-
-    @property
-    def head_bytes(self) -> int:
-        """Most bytes a request head may take (Gunicorn's header buffer bound)."""
-        return self.fields * (self.field_size + 2) + 4 + (self.request_line or 1024 * 1024)
 
 
 class HeadError(Exception):
@@ -92,16 +92,18 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
 
     limits: ClassVar[HttpLimits] = HttpLimits()  # the worker sets its cfg's values
 
+    server_state: DrainingServerState
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_error: HeadError | None = None
-        self._in_head = True  # reading a request head (or idle between requests)
-        self._head_bytes = 0
-        self._stopping = False
+        # One attribute only: past 30 instance attributes CPython stops sharing the keys of
+        # instance dicts, and every attribute access of the protocol gets slower (~4% a request).
+        self._head_bytes = 0  # bytes received since the last request head was complete
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
-        if self._in_head:
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:  # not inside a body: a head (or idle)
             self._head_bytes += len(data)
             if self._head_bytes > self.limits.head_bytes:
                 self._answer_error(_fields_too_large("max buffer headers"))
@@ -111,9 +113,9 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             pass  # no WebSocket or h2c here: served as a plain request, as Gunicorn does
         except httptools.HttpParserError as exc:
-            error = self._head_error or HeadError(
-                400, "Bad Request", f"Invalid HTTP request: {exc}"
-            )
+            error = exc.__context__  # what a callback below raised, if one did
+            if not isinstance(error, HeadError):
+                error = HeadError(400, "Bad Request", f"Invalid HTTP request: {exc}")
             self._answer_error(error)
 
     def _answer_error(self, error: HeadError) -> None:
@@ -130,39 +132,34 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
         self.transport.write(json_error_response(error.status, error.reason, error.message))
         self.transport.close()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-
     def on_url(self, url: bytes) -> None:
-        super().on_url(url)
+        self.url += url
         limit = self.limits.request_line
         # The request line is "METHOD SP URL SP HTTP/x.y": the URL is the only part that grows.
-        size = len(self.parser.get_method()) + len(self.url) + len(" HTTP/1.1") + 1
-        if limit and size > limit:
-            self._head_error = HeadError(
-                414, "URI Too Long", f"Request Line is too large ({size} > {limit})"
-            )
-            raise self._head_error
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.limits.fields:
-            self._head_error = _fields_too_large("limit request headers fields")
-            raise self._head_error
-        if len(name) + len(value) + len(": \r\n") > self.limits.field_size:
-            self._head_error = _fields_too_large("limit request headers fields size")
-            raise self._head_error
-        super().on_header(name, value)
+        if limit and len(self.url) > limit - len(" / HTTP/1.1"):
+            size = len(self.parser.get_method()) + len(self.url) + len(" HTTP/1.1") + 1
+            if size > limit:
+                raise HeadError(
+                    414, "URI Too Long", f"Request Line is too large ({size} > {limit})"
+                )
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._head_bytes = False, 0
+        limits = self.limits
+        if self._head_bytes > limits.field_size or len(self.headers) > limits.fields:
+            self._check_fields()  # else the whole head is smaller than one field may be
+        self._head_bytes = 0
         super().on_headers_complete()
-        if self._stopping or draining():
+        if self.server_state.stopping or draining():
             self.cycle.keep_alive = False  # answered with "Connection: close"
 
-    def on_message_complete(self) -> None:
-        super().on_message_complete()
-        self._in_head = True
+    def _check_fields(self) -> None:
+        """Gunicorn's limits on the number and the size of header fields."""
+        limits = self.limits
+        if len(self.headers) > limits.fields:
+            raise _fields_too_large("limit request headers fields")
+        for name, value in self.headers:
+            if len(name) + len(value) + len(": \r\n") > limits.field_size:
+                raise _fields_too_large("limit request headers fields size")
 
     def _unsupported_upgrade_warning(self) -> None:
         """An `Upgrade` header is ignored, as Gunicorn does: no advice to install WebSockets."""
@@ -174,9 +171,8 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
         keep-alive timeout), as Gunicorn's gthread worker does: a request its client may be
         sending already is answered with `Connection: close` instead of being cut off.
         """
-        self._stopping = True
         busy = self.cycle is not None and not self.cycle.response_complete
-        if busy or self.pipeline or (self._in_head and self._head_bytes):
+        if busy or self.pipeline or self._head_bytes:  # a head half received counts as busy
             for cycle in [self.cycle, *(queued for queued, _ in self.pipeline)]:
                 if cycle is not None:
                     cycle.keep_alive = False
@@ -188,11 +184,18 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_at(deadline, self.timeout_keep_alive_handler)
 
 
+class DrainingServerState(ServerState):
+    """uvicorn's state shared by the connections of a server, plus whether it is stopping."""
+
+    stopping = False  # set by DrainingServer.shutdown: every answer closes its connection
+
+
 class DrainingServer(Server):
     """uvicorn's Server with the drain of serve/worker.py, reporting to Gunicorn's heartbeat."""
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
+        self.server_state = DrainingServerState()
         # The master SIGKILLs workers graceful_timeout after it sent SIGTERM: end a moment
         # before, cleanly, with a log line saying what was cut.
         self.graceful_timeout = max(0.0, config.timeout_graceful_shutdown - STOP_MARGIN_S)
@@ -230,6 +233,7 @@ class DrainingServer(Server):
         """Close the listeners at once (taking what the backlog holds), finish what was taken."""
         loop = asyncio.get_running_loop()
         deadline = self.stop_deadline or time.monotonic() + self.graceful_timeout
+        self.server_state.stopping = True
         taken = [] if self.force_exit else _accept_backlog(sockets or [])
         for server in self.servers:
             server.close()
