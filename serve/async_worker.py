@@ -214,9 +214,13 @@ class DrainingServer(Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.request_stop(sig, time.monotonic())
+
+    def request_stop(self, sig: int, since: float) -> None:
+        """Stop for signal `sig`, received at monotonic time `since`."""
         start_draining()
         if self.stop_deadline is None:
-            self.stop_deadline = time.monotonic() + self.graceful_timeout
+            self.stop_deadline = since + self.graceful_timeout
         self.should_exit = True
         if sig != signal.SIGTERM:
             self.force_exit = True
@@ -321,7 +325,7 @@ class AsyncWorker(UvicornWorker):
         # uvicorn checks once a second whether to beat; beat every time, as gthread does (its
         # default, half the worker timeout, can leave two seconds between beats).
         self.config.timeout_notify = 0.5
-        self._early_stop: int | None = None
+        self._early_stop: tuple[int, float] | None = None  # (signal, when) before serving
 
     def init_signals(self) -> None:
         super().init_signals()
@@ -334,7 +338,7 @@ class AsyncWorker(UvicornWorker):
     def _remember_stop(self, sig: int, frame: FrameType | None) -> None:
         start_draining()
         self.alive = False
-        self._early_stop = sig
+        self._early_stop = (sig, time.monotonic())
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
@@ -346,7 +350,7 @@ class AsyncWorker(UvicornWorker):
         self.config.app = self.wsgi
         server = DrainingServer(self.config)
         if self._early_stop is not None:
-            server.handle_exit(self._early_stop, None)
+            server.request_stop(*self._early_stop)
         # The plain sockets, not Gunicorn's wrappers: uvloop then detaches each as it closes its
         # listener, instead of Gunicorn logging EBADF for a descriptor already closed.
         await server.serve(sockets=[listener.sock for listener in self.sockets])
