@@ -43,6 +43,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
+from serve.coalesced_writes import CoalescingTransport
 from serve.worker import draining, json_error_response, start_draining
 
 logger = logging.getLogger("uvicorn.error")
@@ -99,6 +100,10 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
         # One attribute only: past 30 instance attributes CPython stops sharing the keys of
         # instance dicts, and every attribute access of the protocol gets slower (~4% a request).
         self._head_bytes = 0  # bytes received since the last request head was complete
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        # One send per answer instead of uvicorn's two (head, body): serve/coalesced_writes.py.
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
