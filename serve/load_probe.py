@@ -149,15 +149,18 @@ def _serve() -> int:
     import serve.protocol.datatypes  # noqa: F401  (used by the warm-up)
 
     out = sys.stdout.buffer
-    out.write(b"ready\n")
-    out.flush()
-    for line in sys.stdin.buffer:
-        request = json.loads(line)
-        verdict = _fork_probe(
-            request["path"], request["limit"], request["timeout"], request["warmup"]
-        )
-        out.write(json.dumps(verdict).encode() + b"\n")
+    try:
+        out.write(b"ready\n")
         out.flush()
+        for line in sys.stdin.buffer:
+            request = json.loads(line)
+            verdict = _fork_probe(
+                request["path"], request["limit"], request["timeout"], request["warmup"]
+            )
+            out.write(json.dumps(verdict).encode() + b"\n")
+            out.flush()
+    except BrokenPipeError:  # the worker that started this helper is gone: nothing to answer
+        os._exit(0)
     return 0
 
 

@@ -270,3 +270,20 @@ def test_server_refuses_hostile_models_and_keeps_serving_the_others(
     assert "Traceback" not in srv.log()
     # Only `good` and `computed_bomb` pass the static checks; each was probed once, not per worker.
     assert len(list(runtime.glob("probe-*.json"))) == 2
+
+
+def test_probe_helper_exits_quietly_when_its_worker_is_gone() -> None:
+    """A worker that exits right after boot closes the helper's pipe: no traceback, status 0."""
+    import subprocess
+    import sys
+
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "serve.load_probe", "--serve"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    helper.stdout.close()  # the reader is gone before the helper says "ready"
+    _, err = helper.communicate(timeout=60)
+    assert helper.returncode == 0, err.decode()
+    assert b"Traceback" not in err, err.decode()
