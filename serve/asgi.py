@@ -149,11 +149,12 @@ class TapeserveASGI:
             if is_unexpected(exc):
                 log.exception("unexpected error while serving POST %s", scope["path"])
             answer = _error(*error_for(exc))
-        finally:
+        finally:  # also when the task is cancelled (a worker stopping at once)
             metrics.INFLIGHT_REQUESTS.dec()
+            if "mv" in ctx:
+                ctx["mv"].release()  # a swap or unload waiting for this version may go on
         mv = ctx.get("mv")
         if mv is not None:
-            mv.release()
             model, ver = mv.name, str(mv.version)
             fields["model"], fields["version"] = model, ver
         else:

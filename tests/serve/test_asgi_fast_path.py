@@ -324,3 +324,39 @@ def test_inference_token_is_checked_on_the_fast_path(tmp_path, monkeypatch) -> N
         call_asgi(app, path, body, {**headers, **e})[0]
         for e in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer s3cret"})
     ] == [401, 403, 200]
+
+
+def test_a_cancelled_request_lets_go_of_its_model_version(app: TapeserveASGI) -> None:
+    """A request task cancelled mid-way (a worker stopping at once) still releases its hold, so
+    a swap or unload of the version is not left waiting for it."""
+    registry = app.flask_app.extensions["tapeserve"].registry
+    mv = registry.version("ident", None)
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v2/models/ident/infer",
+        "headers": [(b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+    }
+
+    async def main():
+        body_never_ends = asyncio.Event()
+
+        async def receive():
+            await body_never_ends.wait()
+
+        async def send(message):
+            raise AssertionError(f"nothing should be sent: {message}")
+
+        task = asyncio.ensure_future(app(scope, receive, send))
+        for _ in range(100):
+            await asyncio.sleep(0.005)
+            if mv.users:
+                break
+        assert mv.users == 1  # held while its body is awaited
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert mv.users == 0
