@@ -303,19 +303,28 @@ class Batcher:
             timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, pending)
         try:
             await woken
+        except asyncio.CancelledError:
+            self._withdraw(pending)  # the caller is gone: do not run it if it is still queued
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
         return pending.result()
 
-    def _expire(self, pending: _Pending) -> None:
-        """A queued request reached its deadline: drop it and answer DeadlineExceeded."""
+    def _withdraw(self, pending: _Pending) -> bool:
+        """Take a request out of the queue if it is still there (True), never to run."""
         with self._cond:
             if pending.state != _QUEUED:
-                return  # running (or done): moments away
+                return False  # running (or done): moments away
             pending.state = _CANCELLED
             self._queue.remove(pending)
             self._queue_depth.set(len(self._queue))
+        return True
+
+    def _expire(self, pending: _Pending) -> None:
+        """A queued request reached its deadline: drop it and answer DeadlineExceeded."""
+        if not self._withdraw(pending):
+            return
         metrics.REJECTED_REQUESTS.labels(self.model, "deadline").inc()
         pending.set_exception(
             DeadlineExceeded(

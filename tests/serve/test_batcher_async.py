@@ -131,3 +131,24 @@ def test_a_full_queue_refuses_at_once() -> None:
     asyncio.run(main())
     assert runner.batches == [1, 1]
     batcher.close()
+
+
+def test_a_cancelled_caller_s_queued_request_never_runs() -> None:
+    runner = _GatedRunner()
+    batcher = Batcher("m", "1", [runner], max_batch_size=8)
+
+    async def main():
+        busy = asyncio.ensure_future(batcher.infer_async({"x": np.zeros((1, 2), np.float32)}))
+        await _until_running(runner, batcher)
+        gone = asyncio.ensure_future(batcher.infer_async({"x": np.ones((3, 2), np.float32)}))
+        await _until_queued(batcher, 1)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert not batcher._queue
+        runner.gate.set()
+        await busy
+
+    asyncio.run(main())
+    assert runner.batches == [1]  # the cancelled request's 3 rows never ran
+    batcher.close()
