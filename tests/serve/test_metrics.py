@@ -94,3 +94,40 @@ def test_empty_multiproc_dir_never_puts_metric_files_in_the_working_directory(
     assert srv.post("/v2/models/mlp/infer", json=body).status_code == 200
     assert "tapeserve_inflight_requests 0.0" in srv.metrics()  # merged over both workers
     assert not list(srv._scratch.glob("*.db")), "metric files in the server's working directory"
+
+
+def test_a_forked_worker_writes_its_metrics_under_its_own_pid(tmp_path) -> None:
+    """The cached pid prometheus_client is given is refreshed in a forked child: each worker
+    keeps its own metric files, as with os.getpid()."""
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from serve import metrics
+        pid = os.fork()
+        if pid == 0:
+            metrics.REQUESTS.labels("m", "1", "v2", "200").inc(3)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        metrics.REQUESTS.labels("m", "1", "v2", "200").inc(2)
+        print(pid, os.getpid())
+        """
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    child, parent = done.stdout.split()
+    files = {p.name for p in tmp_path.iterdir()}
+    assert f"counter_{child}.db" in files and f"counter_{parent}.db" in files, files
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    value = registry.get_sample_value(
+        "tapeserve_requests_total", {"model": "m", "version": "1", "protocol": "v2", "code": "200"}
+    )
+    assert value == 5.0
