@@ -94,18 +94,22 @@ def request_id_from(incoming: str | None) -> str:
     return incoming if incoming and _VALID_ID.fullmatch(incoming) else new_request_id()
 
 
-_id_source: tuple[int, str, Iterator[int]] = (0, "", iter(()))
+def _reseed() -> None:
+    """A fresh random prefix and counter (at import and in every forked child)."""
+    global _id_prefix, _id_counter
+    _id_prefix, _id_counter = uuid.uuid4().hex[:16], itertools.count()
+
+
+_id_prefix = ""
+_id_counter: Iterator[int] = itertools.count()
+_reseed()
+os.register_at_fork(after_in_child=_reseed)
 
 
 def new_request_id() -> str:
     """32 hex digits, unique across workers and restarts: a random prefix drawn once per process
     and a counter (a uuid4 per request costs a getrandom() call)."""
-    global _id_source
-    pid, prefix, counter = _id_source
-    if pid != os.getpid():  # first call in this process (or a fork of it)
-        pid, prefix, counter = os.getpid(), uuid.uuid4().hex[:16], itertools.count()
-        _id_source = (pid, prefix, counter)
-    return f"{prefix}{next(counter):016x}"
+    return f"{_id_prefix}{next(_id_counter):016x}"
 
 
 def level_for(path: str, status: int) -> int:

@@ -150,3 +150,22 @@ def test_probes_and_scrapes_are_logged_at_debug_only(app_and_log) -> None:
     accesslog.log.setLevel(logging.DEBUG)
     client.get("/v2/health/ready")
     assert [(e["status"], e["level"]) for e in _lines(stream)] == [(503, "debug")]
+
+
+def test_generated_request_ids_are_unique_within_and_across_forked_workers() -> None:
+    import os
+
+    from serve.accesslog import new_request_id
+
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker forked from the same parent draws its own prefix
+        os.write(write_fd, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_fd, 64).decode()
+    os.close(read_fd)
+    os.close(write_fd)
+    assert len(child) == 32 and child[:16] != next(iter(ids))[:16]
