@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 
 import pytest
@@ -153,10 +154,7 @@ def test_probes_and_scrapes_are_logged_at_debug_only(app_and_log) -> None:
 
 
 def test_generated_request_ids_are_unique_within_and_across_forked_workers() -> None:
-    import os
-
-    from serve.accesslog import new_request_id
-
+    new_request_id = accesslog.new_request_id
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     read_fd, write_fd = os.pipe()
