@@ -28,6 +28,7 @@ from tests.hardening.load import (
     wait_for,
 )
 from tests.serve import builders
+from tests.support.raw_http import read_response
 from tests.support.server import RunningServer
 
 CLIENTS = 32
@@ -69,27 +70,6 @@ def _start_slow_body(port: int, rng) -> tuple[socket.socket, bytes, tuple]:
     return sock, body[half:], (total, product)
 
 
-def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read one whole HTTP/1.1 response (Content-Length framed) from a raw socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"connection closed before the headers ({data[:80]!r})")
-        data += chunk
-    head, rest = data.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-    length = int(headers["content-length"])
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"body cut at {len(rest)} of {length} bytes")
-        rest += chunk
-    return status, headers, rest[:length]
-
-
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
@@ -126,7 +106,7 @@ def test_sigterm_under_load_loses_no_request(tapeserve_server, repository: Path)
         assert (late.status, problem) == (200, ""), "a request on an open connection is served"
         assert late.getheader("Connection") == "close"
         slow_sock.sendall(slow_rest)  # the body that was still arriving at SIGTERM
-        status, headers, body = _read_response(slow_sock)
+        status, headers, body = read_response(slow_sock)
         slow_sock.close()
         assert (status, check_answer(body, *slow_expected)) == (200, "")
         assert headers["connection"] == "close"

@@ -27,6 +27,7 @@ from serve.cli import main
 from serve.settings import Settings
 from tests.hardening.load import MODEL, check_answer, infer_body
 from tests.serve import builders
+from tests.support.raw_http import read_response
 from tests.support.server import RunningServer, run_server, start_server
 
 WORKER_CLASSES = ["async", "gthread"]
@@ -188,7 +189,7 @@ def test_sigterm_drains_requests_in_flight(
     assert ready.status == 503, "readiness turns false at once"
     assert ready.getheader("Connection") == "close"
     slow.sendall(body[10:])
-    status, headers, answer = _read_one(slow)
+    status, headers, answer = read_response(slow)
     slow.close()
     assert (status, check_answer(answer, total, product)) == (200, "")
     if worker_class == "async":  # gthread settles keep-alive when a request starts
@@ -205,25 +206,6 @@ def test_sigterm_drains_requests_in_flight(
     log = srv.log()
     _assert_clean(log)
     assert "SIGKILL" not in log and "SIGABRT" not in log, log[-3000:]
-
-
-def _read_one(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One Content-Length framed answer from a raw socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before the answer's headers: {data[:80]!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-    while len(rest) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"body cut at {len(rest)} bytes")
-        rest += chunk
-    return int(lines[0].split()[1]), headers, rest
 
 
 def test_async_is_the_default_and_hand_started_gunicorn_picks_by_env(repository: Path) -> None:
