@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -44,7 +43,7 @@ from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
 from serve.coalesced_writes import CoalescingTransport
-from serve.worker import draining, json_error_response, start_draining
+from serve.worker import accept_backlog, draining, json_error_response, start_draining
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -243,7 +242,7 @@ class DrainingServer(Server):
         loop = asyncio.get_running_loop()
         deadline = self.stop_deadline or time.monotonic() + self.graceful_timeout
         self.server_state.stopping = True
-        taken = [] if self.force_exit else _accept_backlog(sockets or [])
+        taken = [] if self.force_exit else [c for c, _, _ in accept_backlog(sockets or [])]
         for server in self.servers:
             server.close()
         for sock in sockets or []:
@@ -286,22 +285,6 @@ class DrainingServer(Server):
                 last_beat = now
                 await self.config.callback_notify()
             await asyncio.sleep(0.02)
-
-
-def _accept_backlog(listeners: list[Any]) -> list[socket.socket]:
-    """The connections the kernel already completed: closing the listener would reset them."""
-    taken = []
-    for listener in listeners:
-        listener.setblocking(False)
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError as exc:
-                if exc.errno == errno.ECONNABORTED:
-                    continue
-                break  # EAGAIN: the backlog is empty
-            taken.append(client)
-    return taken
 
 
 class AsyncWorker(UvicornWorker):

@@ -28,6 +28,7 @@ import os
 import socket
 import sys
 import threading
+from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
@@ -86,21 +87,32 @@ class DrainingThreadWorker(ThreadWorker):
 
     def _accept_backlog_and_close(self) -> None:
         """Serve the connections the kernel already completed, then close the listeners."""
-        for listener in self.sockets:
-            if listener.sock is None:
-                continue
-            listener.setblocking(False)
-            while True:
-                try:
-                    client, address = listener.accept()
-                except OSError as exc:
-                    if exc.errno == errno.ECONNABORTED:
-                        continue
-                    break  # EAGAIN: the backlog is empty
-                client.setblocking(True)
-                self.nr_conns += 1
-                self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+        listeners = [listener for listener in self.sockets if listener.sock is not None]
+        for client, address, listener in accept_backlog(listeners):
+            client.setblocking(True)
+            self.nr_conns += 1
+            self.enqueue_req(TConn(self.cfg, client, address, listener.getsockname()))
+        for listener in listeners:
             listener.close()
+
+
+def accept_backlog(listeners: list) -> list[tuple[socket.socket, Any, Any]]:
+    """(client, address, listener) of every connection the kernel already completed.
+
+    A stopping worker takes these before closing its listeners: closing would reset them.
+    """
+    taken = []
+    for listener in listeners:
+        listener.setblocking(False)
+        while True:
+            try:
+                client, address = listener.accept()
+            except OSError as exc:
+                if exc.errno == errno.ECONNABORTED:
+                    continue
+                break  # EAGAIN: the backlog is empty
+            taken.append((client, address, listener))
+    return taken
 
 
 def exit_after_drain(worker: object) -> None:
