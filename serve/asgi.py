@@ -28,6 +28,7 @@ from serve.admin import bearer_refusal
 from serve.api.common import (
     batch_rows,
     check_body_size,
+    count_request,
     error_for,
     hold_version,
     is_unexpected,
@@ -80,8 +81,6 @@ class TapeserveASGI:
         self._limit = state.settings.max_body_size
         admin = flask_app.extensions.get("tapeserve.admin")
         self._token = admin.inference_token if admin is not None else None
-        self._counters: dict[tuple[str, str, str, str], Any] = {}
-        self._durations: dict[tuple[str, str, str], Any] = {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -153,14 +152,9 @@ class TapeserveASGI:
             metrics.INFLIGHT_REQUESTS.dec()
             if "mv" in ctx:
                 ctx["mv"].release()  # a swap or unload waiting for this version may go on
-        mv = ctx.get("mv")
-        if mv is not None:
-            model, ver = mv.name, str(mv.version)
+        model, ver = count_request(ctx, route.protocol, answer[0], started)
+        if "mv" in ctx:
             fields["model"], fields["version"] = model, ver
-        else:
-            model, ver = ctx.get("model", ""), ""
-        seconds = None if mv is None else time.perf_counter() - started
-        self._count(route.protocol, model, ver, answer[0], seconds)
         return answer
 
     async def _run(
@@ -191,21 +185,6 @@ class TapeserveASGI:
             out.append((b"content-encoding", coding.encode()))
             out.append((b"vary", b"Accept-Encoding"))
         return 200, out, body
-
-    def _count(
-        self, protocol: str, model: str, version: str, status: int, seconds: float | None
-    ) -> None:
-        """The request counter and duration of serve.api.common.observed, children cached."""
-        key = (model, version, protocol, str(status))
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = metrics.REQUESTS.labels(*key)
-        counter.inc()
-        if seconds is not None:
-            histogram = self._durations.get(key[:3])
-            if histogram is None:
-                histogram = self._durations[key[:3]] = metrics.REQUEST_DURATION.labels(*key[:3])
-            histogram.observe(seconds)
 
 
 def _headers(scope: dict) -> dict[str, str]:

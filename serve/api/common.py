@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -191,22 +192,34 @@ def observed(protocol: str, handler: Callable[..., Response]) -> Callable[..., R
             response = failure(exc)
         finally:
             metrics.INFLIGHT_REQUESTS.dec()
-        mv = ctx.get("mv")
-        if mv:
-            mv.release()
-        model, version = (mv.name, str(mv.version)) if mv else (ctx.get("model", ""), "")
-        if mv:
+        if "mv" in ctx:
+            ctx["mv"].release()
+        model, version = count_request(ctx, protocol, response.status_code, started)
+        if "mv" in ctx:
             accesslog.annotate(model=model, version=version)
-        metrics.REQUESTS.labels(model, version, protocol, str(response.status_code)).inc()
-        if mv:
-            metrics.REQUEST_DURATION.labels(model, version, protocol).observe(
-                time.perf_counter() - started
-            )
         return response
 
     view.__name__ = handler.__name__
     view.__doc__ = handler.__doc__
     return view
+
+
+#: The labelled children of the request metrics, looked up once per label set (bounded: models x
+#: versions x protocols x status codes).
+_request_counter = functools.lru_cache(maxsize=4096)(metrics.REQUESTS.labels)
+_request_duration = functools.lru_cache(maxsize=1024)(metrics.REQUEST_DURATION.labels)
+
+
+def count_request(ctx: dict, protocol: str, status: int, started: float) -> tuple[str, str]:
+    """Count an answered inference request (and its duration since `started`, perf_counter())
+    under the version `ctx` names; returns its (model, version) labels. Every front end counts
+    through here."""
+    mv = ctx.get("mv")
+    model, version = (mv.name, str(mv.version)) if mv else (ctx.get("model", ""), "")
+    _request_counter(model, version, protocol, str(status)).inc()
+    if mv:
+        _request_duration(model, version, protocol).observe(time.perf_counter() - started)
+    return model, version
 
 
 def register_error_handlers(app: Flask) -> None:
