@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Always the bundled examples, as the README says: a ./models left by the walkthrough is served
+# with `tapeserve serve` (its default) or `--model-repository models`.
 serve: $(STAMP)
-	$(BIN)/tapeserve serve
+	$(BIN)/tapeserve serve --model-repository examples/models
 
 # The bundled demo model: the digits CNN trained with a fixed seed, exported, verified on the
 # held-out split and written to examples/models/digits/ (the file is committed; see docs/export.md).
