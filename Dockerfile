@@ -57,6 +57,7 @@ RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY serve ./serve
+COPY loadgen ./loadgen
 COPY engine ./engine
 COPY exporters ./exporters
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .

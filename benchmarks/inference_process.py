@@ -16,8 +16,8 @@ sides on this machine, in one run, for the benchmark CNN ([N,1,28,28] float32):
    back - the input written into a multiprocessing.shared_memory slot, the slot number sent
    down a pipe, the answer written into shared memory and its slot number sent back - one at a
    time and 32 in flight (one notification for all 32 each way), against the in-process
-   hand-off tapeserve does today (a `serve.batcher._Pending` queued under a Condition for
-   another thread, woken by its lock) and the whole `serve.batcher.Batcher` (submit/result,
+   hand-off tapeserve does today (a `serve.core.batcher._Pending` queued under a Condition for
+   another thread, woken by its lock) and the whole `serve.core.batcher.Batcher` (submit/result,
    metrics included), measured the same way. CPU per request counts both sides (both threads,
    or both processes), the best of the repeats; the "computation" is the same small numpy step
    everywhere and every path's answer is checked;
@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from serve.batcher import Batcher, _Pending  # noqa: E402
+from serve.core.batcher import Batcher, _Pending  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = (1, 28, 28)  # the benchmark CNN's input row: 784 float32 = 3,136 bytes

@@ -1,10 +1,11 @@
 """What vetting a model costs, beside what loading it costs anyway.
 
-Per model version: the static checks (serve.model_checks), the load probe (a child forked from a
-fork server with onnxruntime preloaded, serve.load_probe), the same probe as a fresh interpreter
-(`python -m serve.load_probe`, the simple alternative), and the baseline: creating the session and
-running the warm-up in-process, which every worker does for every version anyway. Then the time a
-server takes from start to ready with and without --load-probe (runs alternate, median taken).
+Per model version: the static checks (serve.lifecycle.checks), the load probe (a child forked from a
+fork server with onnxruntime preloaded, serve.lifecycle.load_probe), the same probe as a fresh
+interpreter (`python -m serve.lifecycle.load_probe`, the simple alternative), and the baseline:
+creating the session and running the warm-up in-process, which every worker does for every version
+anyway. Then the time a server takes from start to ready with and without --load-probe (runs
+alternate, median taken).
 
     .venv/bin/python benchmarks/load_probe_cost.py [--models 20] [--repeats 3]
 """
@@ -27,8 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from serve.load_probe import probe_model, synthesize_inputs  # noqa: E402
-from serve.model_checks import check_model_file  # noqa: E402
+from serve.lifecycle.checks import check_model_file  # noqa: E402
+from serve.lifecycle.load_probe import probe_model, synthesize_inputs  # noqa: E402
 from tests.support.server import start_server  # noqa: E402
 
 
@@ -75,7 +76,9 @@ def in_process_load(path: Path) -> None:
 
 def fresh_interpreter_probe(path: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "serve.load_probe", str(path)], check=True, capture_output=True
+        [sys.executable, "-m", "serve.lifecycle.load_probe", str(path)],
+        check=True,
+        capture_output=True,
     )
 
 

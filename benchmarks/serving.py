@@ -57,7 +57,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.servers.floor_app import ANSWER as FLOOR_ANSWER  # noqa: E402
-from serve import bench  # noqa: E402
+from loadgen import http as bench  # noqa: E402
 from serve.settings import Settings  # noqa: E402
 from tests.support.server import free_port, start_server  # noqa: E402
 

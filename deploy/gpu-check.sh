@@ -151,9 +151,9 @@ for batch in (1, 64):
 
 # tapeserve's own loader, as the server uses it with TAPESERVE_DEVICE=cuda.
 try:
-    from serve.runtime import create_session
+    from serve.lifecycle.runtime import create_session
 except ImportError as exc:
-    fail(f"cannot import tapeserve's serve.runtime ({exc}); run from a checkout with its deps")
+    fail(f"cannot import tapeserve's serve.lifecycle.runtime ({exc}); run from a checkout with its deps")
 else:
     try:
         served = create_session(path, "cuda", threads=1)

@@ -24,7 +24,7 @@ from exporters import rewrites
 from exporters.repository import atomic_write, atomic_write_json, publish_version
 from exporters.trace import BATCH, ExportError, build_graph, run_model
 from exporters.verify import DEFAULT_RTOL, Report, verify_parity, verify_quantized
-from serve.names import validate_model_name
+from serve.lifecycle.names import validate_model_name
 
 DEFAULT_OPSET = 17
 MODEL_FILE = "model.onnx"

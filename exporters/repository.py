@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from serve.names import validate_model_name
+from serve.lifecycle.names import validate_model_name
 
 
 def _fsync_dir(path: Path) -> None:

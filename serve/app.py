@@ -12,11 +12,12 @@ import sys
 
 from flask import Flask
 
-from serve import accesslog, admin
-from serve.api import status, tfserving, v2
-from serve.api.common import Server, register_error_handlers
-from serve.model_control import RUNTIME_DIR_ENV
-from serve.models import ModelRegistry
+from serve.http import admin
+from serve.http.views import status, tfserving, v2
+from serve.http.views.common import Server, register_error_handlers
+from serve.lifecycle.control import RUNTIME_DIR_ENV
+from serve.lifecycle.registry import ModelRegistry
+from serve.observability import accesslog
 from serve.settings import Settings
 
 

@@ -1,7 +1,12 @@
-"""The `tapeserve` command. `tapeserve serve` execs a real Gunicorn on serve.app:create_app()."""
+"""The `tapeserve` command. `tapeserve serve` execs a real Gunicorn on serve.app:create_app().
+
+The other subcommands (train, export, bench) are imported only when they run: starting a server
+loads neither the engine nor the exporter stack.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -26,7 +31,32 @@ def gunicorn_argv() -> list[str]:
     return [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG, GUNICORN_APP]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose `lazy` subcommands ("module:attribute") are imported on first use."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "train": "engine.cli:train",
+        "export": "exporters.cli:export",
+        "bench": "loadgen.cli:bench_command",
+    },
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 def main() -> None:
     """tapeserve: train, export and serve ONNX models."""
 
@@ -140,10 +170,6 @@ def serve(model_repository: Path | None, **options: object) -> None:
     )
     os.execv(argv[0], argv)
 
-
-main.add_command(__import__("engine.cli", fromlist=["train"]).train)
-main.add_command(__import__("exporters.cli", fromlist=["export"]).export)
-main.add_command(__import__("serve.bench_cli", fromlist=["bench_command"]).bench_command)
 
 if __name__ == "__main__":
     main()

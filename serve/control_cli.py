@@ -10,8 +10,7 @@ from pathlib import Path
 
 import click
 
-from serve.model_control import CONTROL_MODES
-from serve.settings import default
+from serve.settings import CONTROL_MODES, default
 
 
 def _token_file(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:

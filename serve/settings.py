@@ -14,11 +14,15 @@ from pathlib import Path
 ENV_PREFIX = "TAPESERVE_"
 DEVICES_HELP = "auto|cpu|cuda|cuda:N"
 
-#: Gunicorn worker class of each `worker_class` setting (serve/async_worker.py, serve/worker.py).
+#: Gunicorn worker class of each `worker_class` setting (serve/workers/async_worker.py,
+#: serve/workers/gthread.py).
 WORKER_CLASSES = {
-    "async": "serve.async_worker.AsyncWorker",
-    "gthread": "serve.worker.DrainingThreadWorker",
+    "async": "serve.workers.async_worker.AsyncWorker",
+    "gthread": "serve.workers.gthread.DrainingThreadWorker",
 }
+
+#: How models change while serving (serve/lifecycle/control.py).
+CONTROL_MODES = ("none", "poll", "explicit")
 
 #: Project root of a checkout or editable install: the bundled example repository lives there.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +111,7 @@ class Settings:
         for name in ("port", "workers", "threads", "max_body_size"):
             if int(getattr(self, name)) < (0 if name == "port" else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.model_control_mode not in ("none", "poll", "explicit"):
+        if self.model_control_mode not in CONTROL_MODES:
             raise ValueError(
                 "model_control_mode must be none, poll or explicit, "
                 f"got {self.model_control_mode!r}"

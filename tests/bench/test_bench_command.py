@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from serve import bench
+from loadgen import http as bench
 from serve.cli import main
 from serve.protocol import v2
 from tests.serve.builders import mlp, write_model

@@ -7,7 +7,7 @@ import re
 import kubernetes_validate
 import pytest
 
-from serve.metrics import INFLIGHT_REQUESTS, QUEUE_DEPTH
+from serve.observability.metrics import INFLIGHT_REQUESTS, QUEUE_DEPTH
 from serve.settings import ENV_PREFIX, Settings
 from tests.deploy.kustomize import render
 from tests.deploy.manifests import (

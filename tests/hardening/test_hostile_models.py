@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from onnx import external_data_helper
 
-from serve.load_probe import probe_model
-from serve.model_checks import CheckLimits, ModelRejected, check_model_file
+from serve.lifecycle.checks import CheckLimits, ModelRejected, check_model_file
+from serve.lifecycle.load_probe import probe_model
 from tests.hardening import hostile
 
 
@@ -278,7 +278,7 @@ def test_probe_helper_exits_quietly_when_its_worker_is_gone() -> None:
     import sys
 
     helper = subprocess.Popen(
-        [sys.executable, "-m", "serve.load_probe", "--serve"],
+        [sys.executable, "-m", "serve.lifecycle.load_probe", "--serve"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

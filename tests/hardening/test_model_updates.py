@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import requests
 
-from serve.model_control import ControlSettings, ModelController, vet_model
-from serve.models import ModelRegistry, State
+from serve.lifecycle.control import ControlSettings, ModelController, vet_model
+from serve.lifecycle.registry import ModelRegistry, State
 from tests.hardening import hostile
 from tests.support.server import start_server
 

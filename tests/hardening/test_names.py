@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve.names import InvalidName, validate_model_name, validate_version
+from serve.lifecycle.names import InvalidName, validate_model_name, validate_version
 
 
 @pytest.mark.parametrize(

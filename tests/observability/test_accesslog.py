@@ -11,7 +11,7 @@ import time
 import pytest
 from flask import Flask, abort
 
-from serve import accesslog
+from serve.observability import accesslog
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from serve import gpu_metrics
+from serve.observability import gpu_metrics
 
 
 def _nvml_gpu_count() -> int:

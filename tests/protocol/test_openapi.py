@@ -6,7 +6,7 @@ import json
 
 from openapi_spec_validator import validate
 
-from serve.openapi import openapi_document
+from serve.http.openapi import openapi_document
 
 ENDPOINTS = {
     ("get", "/v2/health/live"),

@@ -1,4 +1,4 @@
-"""The event-loop inference path (serve.asgi) answers exactly as the Flask views do.
+"""The event-loop inference path (serve.http.fast_path) answers exactly as the Flask views do.
 
 Every request below goes to the same app twice: through Flask (its test client) and through the
 ASGI fast path (called as uvicorn calls it); status, headers that carry meaning and body bytes
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve import metrics
 from serve.app import create_app
-from serve.asgi import TapeserveASGI
+from serve.http.fast_path import TapeserveASGI
+from serve.observability import metrics
 from serve.settings import Settings
 from tests.serve.builders import identity
 

@@ -32,8 +32,8 @@ from tests.support.server import RunningServer, run_server, start_server
 
 WORKER_CLASSES = ["async", "gthread"]
 WORKER_CLASS_PATHS = {
-    "async": "serve.async_worker.AsyncWorker",
-    "gthread": "serve.worker.DrainingThreadWorker",
+    "async": "serve.workers.async_worker.AsyncWorker",
+    "gthread": "serve.workers.gthread.DrainingThreadWorker",
 }
 INFER = f"/v2/models/{MODEL}/infer"
 

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from serve.batcher import Batcher, DeadlineExceeded, QueueFull
+from serve.core.batcher import Batcher, DeadlineExceeded, QueueFull
 
 
 class _GatedRunner:

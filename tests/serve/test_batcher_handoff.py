@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serve.batcher import Batcher, DeadlineExceeded
+from serve.core.batcher import Batcher, DeadlineExceeded
 
 
 class _GatedRunner:

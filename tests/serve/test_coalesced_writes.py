@@ -8,7 +8,7 @@ import socket
 import pytest
 import uvloop
 
-from serve.coalesced_writes import CoalescingTransport
+from serve.workers.coalesced_writes import CoalescingTransport
 
 
 class _Recording:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from serve.load_probe import probe_model
-from serve.runtime import gpu_device_visible
+from serve.lifecycle.load_probe import probe_model
+from serve.lifecycle.runtime import gpu_device_visible
 from serve.settings import BUNDLED_REPOSITORY
 from tests.serve import builders
 

@@ -79,12 +79,12 @@ def test_empty_multiproc_dir_never_puts_metric_files_in_the_working_directory(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": ""}
-    code = "import serve.metrics as m; assert m.multiprocess_dir() is None"
+    code = "import serve.observability.metrics as m; assert m.multiprocess_dir() is None"
     subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, check=True, timeout=60)
     assert list(cwd.iterdir()) == []
     (cwd / "metrics").mkdir()
     relative = {**env, "PROMETHEUS_MULTIPROC_DIR": "metrics"}
-    code = "import serve.metrics as m; print(m.multiprocess_dir())"
+    code = "import serve.observability.metrics as m; print(m.multiprocess_dir())"
     done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=relative,
                           check=True, timeout=60, capture_output=True, text=True)  # fmt: skip
     assert done.stdout.strip() == str(cwd / "metrics")  # absolute: same folder after chdir
@@ -104,7 +104,7 @@ def test_a_forked_worker_writes_its_metrics_under_its_own_pid(tmp_path) -> None:
     script = textwrap.dedent(
         """
         import os, sys
-        from serve import metrics
+        from serve.observability import metrics
         pid = os.fork()
         if pid == 0:
             metrics.REQUESTS.labels("m", "1", "v2", "200").inc(3)

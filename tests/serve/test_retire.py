@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.batcher import QueueFull
-from serve.model_control import ControlSettings, ModelController, close_when_idle
-from serve.models import ModelRegistry
+from serve.core.batcher import QueueFull
+from serve.lifecycle.control import ControlSettings, ModelController, close_when_idle
+from serve.lifecycle.registry import ModelRegistry
 from tests.serve import builders
 
 FEEDS = {"a": np.ones((1, 4), np.float32), "b": np.ones((1, 4), np.float32)}

@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from serve import runtime
-from serve.batcher import Batcher, DeadlineExceeded, QueueFull
-from serve.config import ConfigError, parse_config
-from serve.repository import scan_repository, select_versions
+from serve.core.batcher import Batcher, DeadlineExceeded, QueueFull
+from serve.lifecycle import runtime
+from serve.lifecycle.config import ConfigError, parse_config
+from serve.lifecycle.repository import scan_repository, select_versions
 from serve.settings import Settings
 from tests.serve import builders
 

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serve import worker_readiness
-from serve.models import ModelRegistry
+from serve.lifecycle.registry import ModelRegistry
+from serve.workers import readiness as worker_readiness
 
 
 def _dead_pid() -> int:

@@ -1,11 +1,11 @@
 """The async Gunicorn worker: uvicorn (httptools, uvloop) serving the app's ASGI face.
 
-One event loop per worker answers every connection; V2 inference runs natively on it and the
-Flask endpoints run in a small thread pool (serve/asgi.py). The command line stays the same for
+One event loop per worker answers every connection; V2 inference runs natively on it and the Flask
+endpoints run in a small thread pool (serve/http/fast_path.py). The command line stays the same for
 both worker classes: Gunicorn loads `serve.app:create_app()` and this worker serves
-`serve.asgi.wrap(app, threads=cfg.threads)`.
+`serve.http.fast_path.wrap(app, threads=cfg.threads)`.
 
-It keeps every promise of the gthread worker (serve/worker.py):
+It keeps every promise of the gthread worker (serve/workers/gthread.py):
 
 - Drain: on SIGTERM `draining()` turns true at once (readiness 503), connections already in the
   listen backlog are taken and the listeners closed (later clients are refused at connect),
@@ -42,8 +42,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
-from serve.coalesced_writes import CoalescingTransport
-from serve.worker import accept_backlog, draining, json_error_response, start_draining
+from serve.workers.coalesced_writes import CoalescingTransport
+from serve.workers.drain import accept_backlog, draining, json_error_response, start_draining
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -101,7 +101,8 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since the last request head was complete
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # One send per answer instead of uvicorn's two (head, body): serve/coalesced_writes.py.
+        # One send per answer instead of uvicorn's two (head, body):
+        # serve/workers/coalesced_writes.py.
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
@@ -195,7 +196,8 @@ class DrainingServerState(ServerState):
 
 
 class DrainingServer(Server):
-    """uvicorn's Server with the drain of serve/worker.py, reporting to Gunicorn's heartbeat."""
+    """uvicorn's Server with the drain of serve/workers/drain.py, reporting to Gunicorn's
+    heartbeat."""
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -293,7 +295,7 @@ class AsyncWorker(UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "uvloop",
         "interface": "asgi3",
-        "lifespan": "on",  # serve/asgi.py answers it
+        "lifespan": "on",  # serve/http/fast_path.py answers it
         "ws": "none",
         "access_log": False,  # tapeserve writes its own JSON access log
         "server_header": False,
@@ -330,7 +332,7 @@ class AsyncWorker(UvicornWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
-        from serve.asgi import wrap
+        from serve.http.fast_path import wrap
 
         self.wsgi = wrap(self.wsgi, threads=self.cfg.threads)
 

@@ -3,8 +3,8 @@
 Runs inside each Gunicorn worker, beside that worker's `ModelRegistry`:
 
 - Every model file is vetted before onnxruntime sees it in a serving process: the static checks
-  of `serve.model_checks`, then one `serve.load_probe` child per file version (shared by the
-  workers through the server's runtime folder), so a crash or memory bomb is reported, not
+  of `serve.lifecycle.checks`, then one `serve.lifecycle.load_probe` child per file version (shared
+  by the workers through the server's runtime folder), so a crash or memory bomb is reported, not
   inherited.
 - `poll` rescans the repository every `poll_interval` seconds; `explicit` changes models only on
   admin requests (`load`/`unload`), which every worker applies (a request file in the runtime
@@ -31,19 +31,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve import metrics
-from serve.config import ConfigError, ModelConfig, load_config
-from serve.load_probe import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_TIMEOUT_S, probe_once
-from serve.model_checks import CheckLimits, ModelRejected, check_model_file
-from serve.models import Model, ModelNotFound, ModelRegistry, ModelVersion, State
-from serve.names import validate_model_name
-from serve.repository import available_versions, select_versions
-from serve.settings import Settings
+from serve.lifecycle.checks import CheckLimits, ModelRejected, check_model_file
+from serve.lifecycle.config import ConfigError, ModelConfig, load_config
+from serve.lifecycle.load_probe import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_TIMEOUT_S, probe_once
+from serve.lifecycle.names import validate_model_name
+from serve.lifecycle.registry import Model, ModelNotFound, ModelRegistry, ModelVersion, State
+from serve.lifecycle.repository import available_versions, select_versions
+from serve.observability import metrics
+from serve.settings import CONTROL_MODES, Settings
 
 log = logging.getLogger("tapeserve.control")
 
-CONTROL_MODES = ("none", "poll", "explicit")
-#: Folder the Gunicorn master creates for its workers to share (serve/gunicorn_conf.py).
+#: Folder the Gunicorn master creates for its workers to share (serve/workers/gunicorn_conf.py).
 RUNTIME_DIR_ENV = "TAPESERVE_RUNTIME_DIR"
 _REQUESTS_FILE = "explicit-requests.json"
 _MAX_FINGERPRINT_FILES = 10_000
@@ -382,8 +381,8 @@ def close_when_idle(versions: list[ModelVersion], timeout_s: float) -> None:
     """Retire each version, wait (within one `timeout_s` for all) for its holders, close it.
 
     Requests that resolved a version before the swap finish on it: they hold it from lookup to
-    answer (serve.api.common.resolve), and one that looks it up after `retire` looks again and
-    gets the new version. Past the bound it is closed anyway and the stragglers are logged.
+    answer (serve.http.views.common.resolve), and one that looks it up after `retire` looks again
+    and gets the new version. Past the bound it is closed anyway and the stragglers are logged.
     """
     deadline = time.monotonic() + timeout_s
     for mv in versions:

@@ -23,9 +23,9 @@ from typing import Any
 from a2wsgi import WSGIMiddleware
 from flask import Flask
 
-from serve import accesslog, metrics
-from serve.admin import bearer_refusal
-from serve.api.common import (
+from serve.http.admin import bearer_refusal
+from serve.http.name_guard import check_model_path
+from serve.http.views.common import (
     batch_rows,
     check_body_size,
     count_request,
@@ -33,9 +33,9 @@ from serve.api.common import (
     hold_version,
     is_unexpected,
 )
-from serve.api.tfserving import answer_predict, prepare_predict
-from serve.api.v2 import answer_infer, prepare_infer
-from serve.name_guard import check_model_path
+from serve.http.views.tfserving import answer_predict, prepare_predict
+from serve.http.views.v2 import answer_infer, prepare_infer
+from serve.observability import accesslog, metrics
 from serve.protocol import v2
 from serve.protocol.encoding import decode_body, encode_body
 from serve.protocol.types import ProtocolError
@@ -56,7 +56,7 @@ class _Route:
     compress: bool  # the view compresses its answer as Accept-Encoding allows
 
 
-#: The inference routes of serve.api (Flask's default converter: one path segment; TF Serving
+#: The inference routes of serve.http.views (Flask's default converter: one path segment; TF Serving
 #: carries `name:predict` in one segment, split at the first ':').
 _ROUTES = (
     _Route(

@@ -1,6 +1,7 @@
 """The model repository layout: `<repo>/<model>/config.json`, `<repo>/<model>/<v>/model.onnx`.
 
-Scanning is pure file-system work; loading sessions is serve.models' job.
+Scanning is pure file-system work; loading sessions is the registry's job
+(serve.lifecycle.registry).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.config import ConfigError, ModelConfig, load_config
+from serve.lifecycle.config import ConfigError, ModelConfig, load_config
 
 MODEL_FILE = "model.onnx"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -25,7 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
-from serve import metrics
+from serve.observability import metrics
 
 log = logging.getLogger("tapeserve.batcher")
 

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from serve import metrics, runtime, worker_readiness
-from serve.batcher import Batcher
-from serve.config import ModelConfig
+from serve.core.batcher import Batcher
+from serve.lifecycle import runtime
+from serve.lifecycle.config import ModelConfig
+from serve.lifecycle.repository import scan_repository
+from serve.observability import metrics
 from serve.protocol.datatypes import numpy_dtype
 from serve.protocol.types import TensorSpec
-from serve.repository import scan_repository
+from serve.workers import readiness as worker_readiness
 
 log = logging.getLogger("tapeserve.models")
 
@@ -64,7 +66,7 @@ class ModelVersion:
     batching: bool = False
     batcher: Batcher | None = None
     #: Loaded by model control beside a serving version: failing leaves the model serving, so
-    #: it does not fail strict readiness (serve.model_control).
+    #: it does not fail strict readiness (serve.lifecycle.control).
     update: bool = False
     #: Requests that resolved this version and are not answered yet (`hold`/`release`); once
     #: `retired`, no request can hold it any more and model control closes it when they are done.
@@ -173,13 +175,14 @@ class ModelRegistry:
         self.repository = Path(repository)
         self.device = device
         self.workers = workers
-        #: Shared by the Gunicorn workers; readiness waits for all of them (serve.worker_readiness).
+        #: Shared by the Gunicorn workers; readiness waits for all of them
+        #: (serve.workers.readiness).
         self.runtime_dir = runtime_dir
         self.models: dict[str, Model] = {}
         self.error: str | None = None
         self._loaded = threading.Event()
         #: Called with a model file before any session is created; raises to refuse it
-        #: (serve.model_control: static checks and the load probe).
+        #: (serve.lifecycle.control: static checks and the load probe).
         self.vet: Callable[[Path], None] | None = None
 
     # -- loading -------------------------------------------------------------------------------

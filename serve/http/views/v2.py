@@ -7,8 +7,7 @@ import importlib.metadata
 
 from flask import Blueprint, Response, request
 
-from serve import accesslog, metrics
-from serve.api.common import (
+from serve.http.views.common import (
     batch_rows,
     deadline_for,
     encoded,
@@ -20,11 +19,12 @@ from serve.api.common import (
     resolve,
     server,
 )
-from serve.models import ModelVersion, State
+from serve.lifecycle.registry import ModelVersion, State
+from serve.observability import accesslog, metrics
 from serve.protocol import jsondata, v2
 from serve.protocol.types import InferRequest, ProtocolError
 from serve.protocol.validate import validate_request
-from serve.worker import draining
+from serve.workers.drain import draining
 
 bp = Blueprint("v2", __name__)
 
@@ -260,7 +260,8 @@ def prepare_infer(
 ) -> tuple[InferRequest, dict, float | None]:
     """Decode and validate an infer body for `mv`: the request, its feeds and its deadline.
 
-    Shared by the Flask view and the event-loop fast path (serve.asgi), so both answer alike.
+    Shared by the Flask view and the event-loop fast path (serve.http.fast_path), so both answer
+    alike.
     """
     raw_spec = mv.inputs[0] if len(mv.inputs) == 1 else None
     req = v2.decode_infer(body, header_length, raw_input=raw_spec)

@@ -8,14 +8,14 @@ Endpoints (the V2 model-repository extension, plus an upload):
     POST /v2/repository/models/{m}/versions/{v}
          body: the raw ONNX file (Content-Type: application/octet-stream); poll or explicit mode
 
-`POST /v2/repository/index` stays public and read-only (serve.api.v2). The admin endpoints work
-only when an admin token is configured (`--admin-token-file` or TAPESERVE_ADMIN_TOKEN) and the
+`POST /v2/repository/index` stays public and read-only (serve.http.views.v2). The admin endpoints
+work only when an admin token is configured (`--admin-token-file` or TAPESERVE_ADMIN_TOKEN) and the
 request carries `Authorization: Bearer <token>`: 401 without it, 403 when wrong (compared in
-constant time). With no token configured they answer 403 saying the admin plane is disabled.
-Names are validated (400) before anything touches the file system. An upload is written into a
-hidden staging folder beside the model's versions, vetted there (static checks and load probe),
-then renamed into place, so the repository never holds a partial or unvetted version; an existing
-version is never overwritten (409).
+constant time). With no token configured they answer 403 saying the admin plane is disabled. Names
+are validated (400) before anything touches the file system. An upload is written into a hidden
+staging folder beside the model's versions, vetted there (static checks and load probe), then
+renamed into place, so the repository never holds a partial or unvetted version; an existing version
+is never overwritten (409).
 
 Optionally the inference endpoints require their own token (`--inference-token-file` or
 TAPESERVE_INFERENCE_TOKEN).
@@ -38,15 +38,15 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from serve import name_guard
-from serve.api.common import error_response, json_response, read_body
-from serve.config import CONFIG_FILE, ConfigError, parse_config
-from serve.model_checks import ModelRejected
-from serve.model_control import ControlSettings, ModelController, vet_model
-from serve.models import ModelNotFound, ModelRegistry, State
-from serve.names import InvalidName, validate_model_name, validate_version
+from serve.http import name_guard
+from serve.http.views.common import error_response, json_response, read_body
+from serve.lifecycle.checks import ModelRejected
+from serve.lifecycle.config import CONFIG_FILE, ConfigError, parse_config
+from serve.lifecycle.control import ControlSettings, ModelController, vet_model
+from serve.lifecycle.names import InvalidName, validate_model_name, validate_version
+from serve.lifecycle.registry import ModelNotFound, ModelRegistry, State
+from serve.lifecycle.repository import MODEL_FILE
 from serve.protocol.types import ProtocolError
-from serve.repository import MODEL_FILE
 from serve.settings import Settings
 
 ADMIN_TOKEN_ENV = "TAPESERVE_ADMIN_TOKEN"

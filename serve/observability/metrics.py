@@ -27,7 +27,7 @@ from prometheus_client import (  # noqa: E402
 from prometheus_client import multiprocess as _multiprocess  # noqa: E402
 from prometheus_client import values as _values  # noqa: E402
 
-from serve import gpu_metrics  # noqa: E402
+from serve.observability import gpu_metrics  # noqa: E402
 
 #: This process's pid, refreshed in every forked child. prometheus_client asks for the pid on
 #: every metric update (to notice a fork) and os.getpid() is a system call each time: about 5%

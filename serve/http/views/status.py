@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template
 
-from serve import metrics
-from serve.api.common import json_response, server
-from serve.api.v2 import server_version
-from serve.models import State
-from serve.openapi import openapi_document
-from serve.worker import draining
+from serve.http.openapi import openapi_document
+from serve.http.views.common import json_response, server
+from serve.http.views.v2 import server_version
+from serve.lifecycle.registry import State
+from serve.observability import metrics
+from serve.workers.drain import draining
 
-bp = Blueprint("status", __name__)
+bp = Blueprint("status", __name__, template_folder="../templates")
 
 
 @bp.get("/")

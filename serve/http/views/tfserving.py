@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from serve import accesslog
-from serve.api.common import (
+from serve.http.views.common import (
     deadline_for,
     error_response,
     failure,
@@ -19,7 +18,8 @@ from serve.api.common import (
     run_model,
     server,
 )
-from serve.models import ModelVersion
+from serve.lifecycle.registry import ModelVersion
+from serve.observability import accesslog
 from serve.protocol import tfserving
 
 bp = Blueprint("tfserving", __name__)
@@ -70,7 +70,7 @@ def prepare_predict(
     mv: ModelVersion, body: bytes, header_length: str | None = None
 ) -> tuple[tfserving.PredictRequest, dict, float | None]:
     """Decode a `:predict` body for `mv`: the request, its feeds and its deadline (shared with
-    the event-loop fast path, serve.asgi; `header_length` is V2's and unused here)."""
+    the event-loop fast path, serve.http.fast_path; `header_length` is V2's and unused here)."""
     req = tfserving.decode_predict(body, mv.inputs, max_batch_size=mv.max_batch_size)
     return req, req.inputs, deadline_for(mv, None)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from flask import Flask, request
 
-from serve.names import InvalidName, validate_model_name
+from serve.lifecycle.names import InvalidName, validate_model_name
 from serve.protocol.types import ProtocolError
 
 MODEL_PREFIXES = ("/v2/models/", "/v2/repository/models/", "/v1/models/")

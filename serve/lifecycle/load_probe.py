@@ -3,20 +3,21 @@
 A tiny ONNX file can demand many GiB at session creation (a ConstantOfShape of a giant shape), and
 fuzzed models have crashed onnxruntime outright. Loading such a model inside a serving worker would
 take the worker (and every request it holds) down. So each new model version is first loaded in a
-child forked from a small helper process (`python -m serve.load_probe --serve`: onnxruntime
-imported, no session, none of a worker's ORT thread pools). The child caps its own address space
-with RLIMIT_AS, creates the InferenceSession with one thread, runs one warm-up inference on
-synthesized inputs and writes a verdict; the helper kills it at the time limit. A crash (signal),
-an allocation failure or a timeout becomes a `ProbeResult` with a reason; nothing of it is
+child forked from a small helper process (`python -m serve.lifecycle.load_probe --serve`:
+onnxruntime imported, no session, none of a worker's ORT thread pools). The child caps its own
+address space with RLIMIT_AS, creates the InferenceSession with one thread, runs one warm-up
+inference on synthesized inputs and writes a verdict; the helper kills it at the time limit. A crash
+(signal), an allocation failure or a timeout becomes a `ProbeResult` with a reason; nothing of it is
 inherited by the caller.
 
-The warm-up follows the serving rule of `serve.models`: zeros of the declared shapes can be
-invalid input for a model (a Range with step 0), so an ordinary error of that warm-up is only a
-`warning` and the model is accepted; running out of memory, crashing or timing out during it
-rejects the model. Warm-up samples from config.json are run by the worker, where a failure makes
-the model unavailable.
+The warm-up follows the serving rule of `serve.lifecycle.registry`: zeros of the declared shapes can
+be invalid input for a model (a Range with step 0), so an ordinary error of that warm-up is only a
+`warning` and the model is accepted; running out of memory, crashing or timing out during it rejects
+the model. Warm-up samples from config.json are run by the worker, where a failure makes the model
+unavailable.
 
-By hand: `python -m serve.load_probe MODEL [--memory-limit-bytes N]` prints the verdict as JSON.
+By hand: `python -m serve.lifecycle.load_probe MODEL [--memory-limit-bytes N]` prints the verdict as
+JSON.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def probe_model(
 
 
 class _ForkHelper:
-    """`python -m serve.load_probe --serve`: a helper with onnxruntime imported and no session.
+    """`python -m serve.lifecycle.load_probe --serve`: a helper with onnxruntime imported and no
+    session.
 
     It forks one child per probe (about 50 ms, where a fresh interpreter costs about 350 ms), so
     no probe ever inherits a serving worker's ORT thread pools. Requests and verdicts are JSON
@@ -111,7 +113,7 @@ class _ForkHelper:
             )
             env["OMP_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "serve.load_probe", "--serve"],
+                [sys.executable, "-m", "serve.lifecycle.load_probe", "--serve"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,

@@ -13,13 +13,13 @@ import numpy as np
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
-from serve import accesslog, metrics
-from serve.batcher import DeadlineExceeded, QueueFull
-from serve.models import ModelNotFound, ModelNotReady, ModelRegistry, ModelVersion
+from serve.core.batcher import DeadlineExceeded, QueueFull
+from serve.lifecycle.registry import ModelNotFound, ModelNotReady, ModelRegistry, ModelVersion
+from serve.lifecycle.runtime import InferenceError
+from serve.observability import accesslog, metrics
 from serve.protocol import jsondata
 from serve.protocol.encoding import decode_body, encode_body
 from serve.protocol.types import ProtocolError
-from serve.runtime import InferenceError
 from serve.settings import Settings
 
 log = logging.getLogger("tapeserve.api")
@@ -153,7 +153,7 @@ def hold_version(
         ctx["model"] = name
     try:
         mv = registry.version(name, version)
-        while not mv.hold():  # swapped out since the lookup (serve.model_control): look again
+        while not mv.hold():  # swapped out since the lookup (serve.lifecycle.control): look again
             mv = registry.version(name, version)
     except ModelNotReady as exc:
         reason = "loading" if exc.loading else "unavailable"

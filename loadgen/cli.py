@@ -1,4 +1,4 @@
-"""The `tapeserve bench` subcommand (load generation itself lives in serve/bench.py)."""
+"""The `tapeserve bench` subcommand (load generation itself lives in loadgen/http.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from serve import bench
+from loadgen import http as bench
 
 
 @click.command("bench")

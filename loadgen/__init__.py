@@ -1,0 +1,1 @@
+"""The load generator behind `tapeserve bench`: a client of a running server, not server code."""

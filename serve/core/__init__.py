@@ -1,0 +1,1 @@
+"""The inference core every front door calls: a request from its decoded form to its answer."""

@@ -1,0 +1,1 @@
+"""The model lifecycle: repository and config, vetting, load probe, registry, control, runtime."""

@@ -1,0 +1,1 @@
+"""The Gunicorn worker processes: configuration, both worker classes, drain and readiness."""

@@ -1,0 +1,103 @@
+"""Gunicorn configuration for tapeserve, driven by TAPESERVE_* environment variables.
+
+Start by hand exactly as `tapeserve serve` does:
+
+    gunicorn -c python:serve.gunicorn_conf 'serve.app:create_app()'
+
+No `preload_app`: ONNX Runtime sessions are created in each worker after the fork. The master
+prepares a fresh PROMETHEUS_MULTIPROC_DIR before any worker starts and drops the live gauges of
+workers that exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+
+from serve.lifecycle.runtime import DeviceError, check_device
+from serve.settings import WORKER_CLASSES, Settings, normalize_multiproc_dir
+from serve.workers import readiness as worker_readiness
+
+try:
+    _settings = Settings.from_env()
+    check_device(_settings.device)
+except (ValueError, DeviceError) as exc:
+    sys.exit(f"tapeserve: {exc}")
+os.environ.update(_settings.to_env())  # workers read the same settings, defaults resolved
+
+# Multiprocess metrics: set before prometheus_client is imported anywhere (it reads it once);
+# an empty value counts as unset (it would put the metric files in the current directory).
+_own_metrics_dir = normalize_multiproc_dir() is None
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tapeserve-metrics-")
+
+# A folder the workers share for model control (load-probe verdicts, explicit requests).
+_own_runtime_dir = "TAPESERVE_RUNTIME_DIR" not in os.environ
+if _own_runtime_dir:
+    os.environ["TAPESERVE_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="tapeserve-run-")
+
+bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else
+        f"{_settings.host}:{_settings.port}"]  # fmt: skip
+workers = _settings.workers
+threads = (
+    _settings.threads
+)  # async: the thread pool of the Flask endpoints (serve/http/fast_path.py)
+worker_class = WORKER_CLASSES[_settings.worker_class]  # both drain (serve/workers/drain.py)
+preload_app = False
+timeout = _settings.timeout
+graceful_timeout = _settings.graceful_timeout
+keepalive = 5
+loglevel = _settings.log_level
+accesslog = None
+errorlog = "-"
+proc_name = "tapeserve"
+
+# Gunicorn 27 opens a control socket at one fixed path per user: a second server would clash.
+if _settings.control_socket:
+    control_socket = _settings.control_socket
+else:
+    control_socket_disable = True
+
+
+def on_starting(server) -> None:
+    """Start from a clean metrics directory: stale files from an old run would be summed in.
+
+    Only prometheus_client's own `*.db` files are removed, whatever folder the variable names.
+    """
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(path, name))
+    server.log.info(
+        "tapeserve: model repository %s, device %s, %d worker(s) x %d thread(s), %s",
+        _settings.model_repository,
+        _settings.device,
+        _settings.workers,
+        _settings.threads,
+        _settings.worker_class,
+    )
+
+
+def child_exit(server, worker) -> None:
+    from serve.observability.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+    worker_readiness.forget(os.environ.get("TAPESERVE_RUNTIME_DIR"), worker.pid)
+
+
+def worker_exit(server, worker) -> None:
+    from serve.workers.drain import exit_after_drain
+
+    exit_after_drain(worker)
+
+
+def on_exit(server) -> None:
+    if _own_runtime_dir:
+        shutil.rmtree(os.environ["TAPESERVE_RUNTIME_DIR"], ignore_errors=True)
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
