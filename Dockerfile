@@ -1,17 +1,24 @@
 # syntax=docker/dockerfile:1.7
-# tapeserve model server image.
+# tapeserve model server image, in two variants built from the same Python base image.
 #
-# CPU (default):  docker build -t tapeserve .
-# CUDA:           docker build -t tapeserve:cuda \
-#                   --build-arg BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04 .
-# onnxruntime-gpu 1.31 is built for CUDA 13.0 and cuDNN 9: the base must carry both (the nvidia/cuda
-# "cudnn-runtime" images do). Any base works as long as it is Debian/Ubuntu-like: Python is
-# installed from the distribution when the base lacks it.
+# CPU (default):  docker build -t tapeserve:0.1.0 .
+# CUDA:           docker build -t tapeserve:0.1.0-cuda --build-arg VARIANT=cuda .
+#
+# The CUDA variant adds CUDA 13 and cuDNN 9 from NVIDIA's PyPI wheels (the `cuda` extra:
+# onnxruntime-gpu[cuda,cudnn]) to the same virtual environment, as a layer of its own on top of the
+# CPU image's layers; onnxruntime.preload_dlls() loads them at start. The host needs only the NVIDIA
+# driver, which the NVIDIA Container Toolkit mounts (libcuda.so.1). Alternatively the CPU variant on
+# an NVIDIA base that carries CUDA and cuDNN itself:
+#   --build-arg BASE_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+# Any base works as long as it is Debian/Ubuntu-like: Python is installed from the distribution
+# when the base lacks it.
 #
 # Run:  docker run -p 8000:8000 -v "$PWD/examples/models:/models:ro" tapeserve
 # Settings come from TAPESERVE_* environment variables (see docs/deploy.md); no secrets are baked in.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+# cpu | cuda (see above).
+ARG VARIANT=cpu
 
 # ---- python-base: the chosen base plus a Python that can make virtual environments ----
 FROM ${BASE_IMAGE} AS python-base
@@ -34,7 +41,8 @@ FROM python-base AS requirements
 COPY pyproject.toml /tmp/pyproject.toml
 RUN python3 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb")); \
 open("/requirements.txt", "w").write("\n".join(p["project"]["dependencies"]) + "\n"); \
-open("/build-requirements.txt", "w").write("\n".join(p["build-system"]["requires"]) + "\n")'
+open("/build-requirements.txt", "w").write("\n".join(p["build-system"]["requires"]) + "\n"); \
+open("/cuda-requirements.txt", "w").write("\n".join(p["project"]["optional-dependencies"]["cuda"]) + "\n")'
 
 # ---- deps: a venv with the runtime dependencies only (the big layer, rebuilt when they change) --
 FROM python-base AS deps
@@ -60,7 +68,10 @@ COPY serve ./serve
 COPY loadgen ./loadgen
 COPY engine ./engine
 COPY exporters ./exporters
-RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
+# Installed under /staging as it will lie in the runtime venv (same paths, same interpreter), so
+# the runtime stage copies files, not a wheel to install.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist . \
+    && pip install --no-cache-dir --no-index --no-deps --root /staging /dist/*.whl
 
 # ---- runtime: the venv on a clean base, a non-root user, models from /models ----
 FROM python-base AS runtime
@@ -73,10 +84,27 @@ RUN set -eux; \
     chown tapeserve:tapeserve /models
 COPY --from=deps /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The CUDA variant's libraries: one layer on top of the CPU image's (which both variants share),
+# installed into the same venv from the wheel cache mount, so the image holds one installed copy
+# of each wheel and no wheel files. The installed packages are pinned (constraints), so nothing the
+# CPU layer holds is reinstalled here. On cpu this step adds nothing.
+ARG VARIANT
+COPY --from=requirements /cuda-requirements.txt /tmp/cuda-requirements.txt
+RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
+    set -eu; \
+    case "${VARIANT}" in \
+      cpu) ;; \
+      cuda) pip freeze --all >/tmp/installed.txt; \
+            pip download --quiet -d /var/cache/wheels -c /tmp/installed.txt -r /tmp/cuda-requirements.txt; \
+            pip install --no-cache-dir --no-index --find-links /var/cache/wheels \
+                -c /tmp/installed.txt -r /tmp/cuda-requirements.txt; \
+            rm /tmp/installed.txt ;; \
+      *) echo "VARIANT must be cpu or cuda, got '${VARIANT}'" >&2; exit 2 ;; \
+    esac; \
+    rm /tmp/cuda-requirements.txt
 # The project itself is a small layer of its own on top of the dependencies.
-RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    pip install --no-cache-dir --no-index --no-deps /dist/*.whl \
-    && tapeserve --help >/dev/null
+COPY --from=builder /staging/ /
+RUN tapeserve --help >/dev/null
 # HOME=/tmp: the user has no home, and /tmp is the one writable place on a read-only root.
 ENV HOME=/tmp \
     TAPESERVE_MODEL_REPOSITORY=/models \

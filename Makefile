@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint format clean demo-model
+.PHONY: install serve test lint format clean demo-model gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# On a machine with an NVIDIA GPU: CUDA libraries, provider, CPU/GPU agreement, throughput, GPU
+# memory per worker, NVML gauges and the CUDA container, one summary table (docs/deploy.md).
+# Installs the `cuda` extra (CUDA/cuDNN wheels) into the venv first; without a GPU it skips.
+# GPU_CHECK_ARGS: e.g. --device cuda:1, --image REGISTRY/tapeserve:0.1.0-cuda, --no-container.
+gpu-check: $(STAMP)
+	PYTHON=$(BIN)/python deploy/gpu-check.sh --install-cuda $(GPU_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,4 +1,9 @@
-"""Session fixtures for the podman tests: the base image and the tapeserve image, built once."""
+"""Session fixtures for the podman tests: the base image and both tapeserve variants, built once.
+
+The CUDA variant is built after the CPU one and shares its layers (the base, Python, the
+dependency venv): only its CUDA layer is new. Downloaded wheels stay in podman's build cache mount,
+so later builds in the same store download nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import time
 
 import pytest
 
-from tests.deploy.containers import BASE_IMAGE, IMAGE, run
+from tests.deploy.containers import BASE_IMAGE, CUDA_IMAGE, IMAGE, run
 from tests.deploy.manifests import DEPLOY, ROOT
 from tests.support.system import require_tool
 
@@ -37,3 +42,18 @@ def image(podman) -> str:
     )  # fmt: skip
     print(f"\nbase image: {base_seconds:.0f} s, image build: {time.monotonic() - start:.0f} s")
     return IMAGE
+
+
+@pytest.fixture(scope="session")
+def cuda_image(podman, image) -> str:
+    """The CUDA variant (VARIANT=cuda), on the CPU image's cached layers."""
+    path, env = podman
+    start = time.monotonic()
+    run(
+        [path, "build", "--format", "docker", "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
+         "--build-arg", "VARIANT=cuda", "-t", CUDA_IMAGE, str(ROOT)],
+        env,
+        timeout=1800,
+    )  # fmt: skip
+    print(f"\nCUDA image build: {time.monotonic() - start:.0f} s")
+    return CUDA_IMAGE

@@ -17,6 +17,7 @@ from tests.deploy.manifests import ROOT
 
 BASE_IMAGE = "localhost/tapeserve-base:bookworm"
 IMAGE = "localhost/tapeserve:test"
+CUDA_IMAGE = "localhost/tapeserve:test-cuda"
 MODELS = ROOT / "examples" / "models"
 
 

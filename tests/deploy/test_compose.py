@@ -52,7 +52,7 @@ def test_services_and_profiles(compose):
     (device,) = services["tapeserve-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert services["tapeserve-gpu"]["environment"]["TAPESERVE_DEVICE"] == "cuda"
-    assert services["tapeserve-gpu"]["build"]["args"]["BASE_IMAGE"].startswith("nvidia/cuda:13")
+    assert services["tapeserve-gpu"]["build"]["args"]["VARIANT"] == "cuda"
 
 
 def test_every_referenced_file_exists(compose):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import tomllib
+
 from tests.deploy.manifests import DEPLOY, ROOT, load_yaml
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -23,11 +25,25 @@ def test_default_base_is_public_and_cuda_base_is_one_tag_everywhere():
     assert len(cuda_tags) == 1, cuda_tags
     (cuda,) = cuda_tags
     assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", cuda)
-    compose = load_yaml(DEPLOY / "compose.yaml")
-    assert compose["services"]["tapeserve-gpu"]["build"]["args"]["BASE_IMAGE"] == cuda
-    for doc in (ROOT / "docs" / "deploy.md", ROOT / "README.md", DEPLOY / "kubernetes" / "overlays"
-                / "gpu" / "kustomization.yaml"):  # fmt: skip
-        assert set(re.findall(r"nvidia/cuda:[\w.-]+", doc.read_text())) == {cuda}, doc
+    for doc in (ROOT / "docs" / "deploy.md", ROOT / "README.md"):
+        assert set(re.findall(r"nvidia/cuda:[\w.-]+", doc.read_text())) <= {cuda}, doc
+
+
+def test_cuda_variant_is_the_cpu_base_plus_the_cuda_extra_wherever_a_gpu_image_is_built():
+    """compose's gpu profile and the Kubernetes gpu overlay use the wheel-based CUDA variant."""
+    assert "VARIANT=cpu" in _instructions("ARG"), "CPU unless asked"
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (cuda,) = extra["optional-dependencies"]["cuda"]
+    assert cuda.startswith("onnxruntime-gpu[cuda,cudnn]")
+    runtime = DOCKERFILE[DOCKERFILE.rindex("FROM ") :]
+    assert "cuda-requirements.txt" in runtime and '"${VARIANT}"' in runtime
+    compose = load_yaml(DEPLOY / "compose.yaml")["services"]
+    assert compose["tapeserve-gpu"]["build"]["args"] == {"VARIANT": "cuda"}, "same base as CPU"
+    assert compose["tapeserve-gpu"]["image"].endswith(":cuda}")
+    overlay = DEPLOY / "kubernetes" / "overlays" / "gpu" / "kustomization.yaml"
+    assert "VARIANT=cuda" in overlay.read_text()
+    assert load_yaml(overlay)["images"][0]["newTag"].endswith("-cuda")
+    assert "nvidia/cuda" not in overlay.read_text()
 
 
 def test_runtime_stage_runs_gunicorn_as_pid_1_as_a_non_root_user():
