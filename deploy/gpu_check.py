@@ -66,6 +66,8 @@ class Options:
     container: bool = True
     rtol: float = 1e-3
     atol: float = 1e-4
+    zoo_size: str = "small"  # the model zoo's size (small|full), or "none"
+    zoo_members: tuple[str, ...] = ()  # () = every member
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="gpu-check-")))
 
 
@@ -89,9 +91,8 @@ class StepSkipped(Exception):
 def model_repositories() -> list[Path]:
     """Model repositories whose every model step 3 compares (and step 7 serves, the first).
 
-    The bundled examples, then every folder in TAPESERVE_GPU_CHECK_REPOSITORIES (":"-separated).
-    This is the hook for the model zoo (issue 12): point the variable at a generated zoo
-    repository, or add its generator here once the zoo is on main.
+    The bundled examples, then every folder in TAPESERVE_GPU_CHECK_REPOSITORIES (":"-separated):
+    a site's own models. The model zoo is compared as well, see `zoo_models`.
     """
     extra = os.environ.get("TAPESERVE_GPU_CHECK_REPOSITORIES", "")
     return [BUNDLED, *(Path(p) for p in extra.split(":") if p)]
@@ -105,6 +106,40 @@ def repository_models(repository: Path) -> list[tuple[str, Path]]:
         if versions and (versions[-1][1] / "model.onnx").is_file():
             models.append((folder.name, versions[-1][1] / "model.onnx"))
     return models
+
+
+def zoo_models(opts: Options) -> Iterator[tuple[str, object, Exception | None]]:
+    """(name, ZooModel or None, why it could not be built) for each model zoo member.
+
+    The zoo (modelzoo/) makes real architectures with the exporters users run (ResNet-50 and
+    its fp16/int8 variants, BERT, scikit-learn, LightGBM, XGBoost, detectors, a 2 GiB model);
+    a member whose framework is not installed here is reported, not failed.
+    """
+    if opts.zoo_size == "none":
+        return
+    from modelzoo import MEMBERS, build
+
+    repository = opts.workdir / "zoo"
+    for name in opts.zoo_members or tuple(MEMBERS):
+        try:
+            yield name, build(name, repository, size=opts.zoo_size), None
+        except ImportError as exc:
+            yield name, None, exc
+
+
+def zoo_agrees(
+    member, cpu: dict[str, np.ndarray], gpu: dict[str, np.ndarray]
+) -> tuple[bool, float]:
+    """GPU against CPU within twice the member's own tolerance against its framework (both
+    sides may each be off by that much), never tighter than 1e-4 relative."""
+    from modelzoo.model import error
+
+    worst, ok = 0.0, True
+    for name, want in cpu.items():
+        err = error(want, gpu[name])
+        worst = max(worst, err)
+        ok = ok and err <= max(2 * member.tolerance(name), 1e-4)
+    return ok, worst
 
 
 _NUMPY_TYPES = {
@@ -465,6 +500,26 @@ def step_agreement(opts: Options) -> str:
                 print(f"| {name} | - | - | {verdict} |")
             if verdict != "ok":
                 bad.append(f"{name} ({verdict})")
+    for name, member, why in zoo_models(opts):
+        if member is None:
+            print(f"| zoo/{name} | - | - | not built: {why} |")
+            continue
+        count += 1
+        try:
+            gpu = ort_session(member.path, opts.device)
+            feeds = member.inputs(batch=4)
+            names = [o.name for o in gpu.get_outputs()]
+            want = dict(zip(names, ort_session(member.path, "cpu").run(None, feeds), strict=True))
+            got = dict(zip(names, gpu.run(None, feeds), strict=True))
+            ok, diff = zoo_agrees(member, want, got)
+            on_gpu = gpu.get_providers()[0] == CUDA
+            verdict = "ok" if ok and on_gpu else ("not on GPU" if ok else "MISMATCH")
+            print(f"| zoo/{name} | {gpu.get_providers()[0]} | {diff:.2e} (relative) | {verdict} |")
+        except Exception as exc:
+            verdict = f"error: {exc}"
+            print(f"| zoo/{name} | - | - | {verdict} |")
+        if verdict != "ok":
+            bad.append(f"zoo/{name} ({verdict})")
     if not count:
         raise StepFailed("no models found")
     if bad:
@@ -780,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         batches=tuple(
             int(b) for b in os.environ.get("TAPESERVE_GPU_CHECK_BATCHES", "1,8,32").split(",")
         ),
+        zoo_size=os.environ.get("TAPESERVE_GPU_CHECK_ZOO", "small"),
         device=args.device,
         image=args.image,
         engine=args.engine,

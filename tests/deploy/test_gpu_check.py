@@ -94,6 +94,7 @@ def test_forced_without_a_gpu_every_gpu_step_fails_and_the_cpu_half_is_measured(
         TAPESERVE_GPU_CHECK_FORCE="1",
         TAPESERVE_GPU_CHECK_SECONDS="0.3",
         TAPESERVE_GPU_CHECK_BATCHES="1,8",
+        TAPESERVE_GPU_CHECK_ZOO="none",  # the zoo's own test below covers it
     )
     out = forced.stdout
     assert forced.returncode == 1, out + forced.stderr
@@ -194,7 +195,7 @@ def test_gpu_memory_is_attributed_to_each_worker_and_an_idle_worker_fails():
 
 def test_the_metrics_collector_output_passes_the_gauge_check(monkeypatch):
     """tapeserve's real NVML collector, over a faked pynvml, gives what step 6 accepts."""
-    from serve import gpu_metrics
+    from serve.observability import gpu_metrics
 
     monkeypatch.setitem(sys.modules, "pynvml", FakeNvml({0: [], 1: []}))
     registry = CollectorRegistry()
@@ -243,3 +244,29 @@ def test_without_a_container_engine_the_container_step_says_what_to_install(monk
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(gpu_check.StepFailed, match="no podman or docker on PATH"):
         gpu_check.container_engine()
+
+
+def test_agreement_covers_the_bundled_models_and_the_zoo_and_fails_on_a_cpu_fallback(
+    tmp_path, capsys
+):
+    """Without a GPU the CUDA session falls back to CPU: each model is compared and flagged."""
+    opts = gpu_check.Options(workdir=tmp_path, zoo_members=("detector", "nonzero"))
+    with pytest.raises(gpu_check.StepFailed, match="4 of 4 model") as failed:
+        gpu_check.step_agreement(opts)
+    table = capsys.readouterr().out
+    for name in ("digits", "example", "zoo/detector", "zoo/nonzero"):
+        assert re.search(
+            rf"\| {name} \| CPUExecutionProvider \| 0\.00e\+00.* \| not on GPU \|", table
+        )
+    assert "zoo/nonzero (not on GPU)" in str(failed.value)
+    assert (tmp_path / "zoo" / "detector" / "1" / "model.onnx").is_file()
+
+
+def test_zoo_agreement_allows_twice_the_members_own_tolerance():
+    import numpy as np
+
+    member = SimpleNamespace(tolerance=lambda output: {"y": 1e-2}.get(output, 1e-5))
+    want = {"y": np.array([1.0, 2.0]), "i": np.array([1, 2])}
+    assert gpu_check.zoo_agrees(member, want, {"y": np.array([1.0, 2.039]), "i": want["i"]})[0]
+    assert not gpu_check.zoo_agrees(member, want, {"y": np.array([1.0, 2.05]), "i": want["i"]})[0]
+    assert not gpu_check.zoo_agrees(member, want, {"y": want["y"], "i": np.array([1, 3])})[0]
