@@ -6,7 +6,9 @@ an error, never a silent NaN.
 
 orjson parses and writes several times faster than the standard library (see
 benchmarks/protocol_codec.py) but knows no NaN/Infinity tokens: bodies it refuses are parsed
-again by `json`, and it writes only documents whose floats are all finite.
+again by `json`, and it writes only documents whose floats are all finite. Large V2 bodies whose
+tensors are flat arrays of numbers take a fast path (`loads_infer`, simdjson) that never makes a
+Python object per element.
 """
 
 from __future__ import annotations
@@ -21,6 +23,11 @@ import orjson
 
 from serve.protocol.datatypes import V2_TO_NUMPY
 from serve.protocol.types import ProtocolError
+
+try:  # simdjson parses numbers straight into C arrays; without it every body takes `loads`
+    import simdjson as _simdjson
+except ImportError:  # pragma: no cover - a platform without pysimdjson wheels
+    _simdjson = None
 
 _INT_LIMITS = {
     name: (int(np.iinfo(dt).min), int(np.iinfo(dt).max))
@@ -41,6 +48,142 @@ def loads(text: bytes | str, what: str = "request body") -> Any:
         raise ProtocolError(400, f"{what}: JSON is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
         raise ProtocolError(400, f"{what} is not valid JSON: {exc}") from None
+
+
+#: Datatypes whose flat JSON `data` may take the fast path, and the C type it is parsed as
+#: (double or int64, what orjson + np.asarray would build for valid data of that datatype).
+_FAST_AS = {"FP16": "d", "FP32": "d", "FP64": "d"}
+_FAST_AS.update({name: "i" for name in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16")})
+_FAST_AS["UINT32"] = "i"
+#: Below this many bytes a body is parsed by orjson alone (simdjson's proxies cost more than
+#: they save on small documents; benchmarks/protocol_codec.py).
+FAST_MIN_BYTES = 16 * 1024
+#: Integers from here on are not exact in a double: such data takes the general path.
+_EXACT_IN_DOUBLE = 2.0**53
+
+
+class NumericData:
+    """A flat JSON array of numbers, parsed in C: `values` is float64 (float datatypes) or
+    int64 (integer datatypes), element for element what `np.asarray` of orjson's list is."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class _Fallback(Exception):
+    """The fast path does not apply; parse the body with `loads`."""
+
+
+def loads_infer(text: bytes) -> Any:
+    """`loads` for a V2 infer body, with the `data` of every input whose datatype is numeric
+    and whose data is a flat array of numbers as a `NumericData` instead of a list.
+
+    Image-sized tensors are millions of numbers: orjson makes a Python float of each and
+    np.asarray reads them back, which costs most of a large JSON request. simdjson parses them
+    straight into a C array (benchmarks/protocol_codec.py). Whatever the fast path is not sure
+    of - nested or mixed data, NaN/Infinity, duplicate keys, integers beyond 2**53 in float
+    data, a document simdjson refuses - is parsed by `loads`, so both give the same values.
+    """
+    if _simdjson is None or len(text) < FAST_MIN_BYTES:
+        return loads(text)
+    try:
+        doc = _infer_document(_simdjson.Parser().parse(text))
+        # simdjson's as_buffer flattens nested arrays: every '[' of the body must be an array
+        # the document is known to hold, so no numeric `data` held one
+        if _count_brackets(text) != _arrays(doc):
+            raise _Fallback
+        return doc
+    except (_Fallback, ValueError, TypeError, RuntimeError, KeyError, IndexError):
+        return loads(text)
+
+
+def _count_brackets(text: bytes) -> int:
+    """'[' in `text` (find is memchr, many times faster than bytes.count for a rare byte)."""
+    count, at = 0, text.find(b"[")
+    while at != -1:
+        count += 1
+        at = text.find(b"[", at + 1)
+    return count
+
+
+def _arrays(value: Any) -> int:
+    """JSON arrays in a parsed document (NumericData included); _Fallback when a string holds
+    '[', which would make the count of '[' in the body ambiguous."""
+    if isinstance(value, list):
+        return 1 + sum(_arrays(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_arrays(key) + _arrays(item) for key, item in value.items())
+    if isinstance(value, str) and "[" in value:
+        raise _Fallback
+    return 1 if isinstance(value, NumericData) else 0
+
+
+def _unique_keys(obj: Any) -> list[str]:
+    keys = list(obj.keys())
+    if len(set(keys)) != len(keys):
+        raise _Fallback  # orjson keeps the last of duplicate keys, simdjson's lookup the first
+    return keys
+
+
+def _python(value: Any) -> Any:
+    """A simdjson value as the plain Python orjson would give."""
+    if isinstance(value, _simdjson.Object):
+        _unique_keys(value)
+        return value.as_dict()
+    if isinstance(value, _simdjson.Array):
+        return value.as_list()
+    return value
+
+
+def _infer_document(doc: Any) -> Any:
+    if not isinstance(doc, _simdjson.Object):
+        raise _Fallback
+    out = {}
+    for key in _unique_keys(doc):
+        value = doc[key]
+        if key == "inputs" and isinstance(value, _simdjson.Array):
+            out[key] = [_infer_input(item) for item in value]
+        else:
+            out[key] = _python(value)
+    return out
+
+
+def _infer_input(tensor: Any) -> Any:
+    if not isinstance(tensor, _simdjson.Object):
+        return _python(tensor)
+    keys = _unique_keys(tensor)
+    kind = _FAST_AS.get(tensor["datatype"]) if "datatype" in keys else None
+    out = {}
+    for key in keys:
+        value = tensor[key]
+        if key == "data" and kind is not None and isinstance(value, _simdjson.Array):
+            out[key] = _numbers(value, kind)
+        else:
+            out[key] = _python(value)
+    return out
+
+
+def _numbers(array: Any, kind: str) -> Any:
+    """The array as NumericData when it is flat and all numbers (of `kind`), else as a list."""
+    count = len(array)
+    if count == 0:
+        return []
+    try:
+        values = np.frombuffer(
+            array.as_buffer(of_type=kind), np.float64 if kind == "d" else np.int64
+        )
+    except (ValueError, TypeError, RuntimeError):
+        return array.as_list()  # bools, strings, nulls, floats in integer data: the general path
+    if len(values) != count:
+        return array.as_list()  # nested: the general path checks the shape
+    if kind == "d" and (values.max() >= _EXACT_IN_DOUBLE or values.min() <= -_EXACT_IN_DOUBLE):
+        return array.as_list()  # large integers: np.asarray may convert them differently
+    return NumericData(values)
 
 
 def _plain(value: Any) -> Any:
@@ -125,6 +268,8 @@ def numeric_array(data: Any, datatype: str, what: str) -> np.ndarray:
     objects are rejected with the offending value named.
     """
     dtype = V2_TO_NUMPY[datatype]
+    if isinstance(data, NumericData):
+        return _fast_numeric(data.values, datatype, dtype, what)
     arr = _checked(np.asarray, data, what)
     kind = arr.dtype.kind
     if arr.size == 0:
@@ -152,6 +297,20 @@ def numeric_array(data: Any, datatype: str, what: str) -> np.ndarray:
             raise ProtocolError(400, f"{what}: a number is too large for {datatype}") from None
     with np.errstate(over="ignore"):
         return arr.astype(dtype, copy=False)
+
+
+def _fast_numeric(values: np.ndarray, datatype: str, dtype: np.dtype, what: str) -> np.ndarray:
+    """NumericData's values as `dtype`, with the general path's range check for integers."""
+    if datatype in _INT_LIMITS:
+        lo, hi = _INT_LIMITS[datatype]
+        low, high = int(values.min()), int(values.max())
+        if low < lo or high > hi:
+            value = low if low < lo else high
+            raise ProtocolError(
+                400, f"{what}: value {value} is out of range for {datatype} [{lo}, {hi}]"
+            )
+    with np.errstate(over="ignore"):
+        return values.astype(dtype)
 
 
 def _expected(datatype: str) -> str:

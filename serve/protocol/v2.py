@@ -69,7 +69,7 @@ def decode_infer(
     if header_length == 0:
         return _decode_raw(body, raw_input)
     json_end = len(body) if header_length is None else header_length
-    doc = jsondata.loads(body if header_length is None else body[:header_length])
+    doc = jsondata.loads_infer(body if header_length is None else body[:header_length])
     if not isinstance(doc, dict):
         raise ProtocolError(400, "request body must be a JSON object")
     request_id = doc.get("id")
@@ -220,7 +220,7 @@ def _decode_input(
 
 def _json_tensor(data: Any, datatype: str, shape: tuple[int, ...], what: str) -> np.ndarray:
     """JSON `data` (flat or nested) holding exactly prod(shape) elements, as an array."""
-    if not isinstance(data, list):
+    if not isinstance(data, (list, jsondata.NumericData)):
         raise ProtocolError(400, f"{what}: 'data' must be an array, got {_kind(data)}")
     if datatype == "BYTES":
         arr = jsondata.bytes_array(data, what)
