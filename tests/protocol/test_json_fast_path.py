@@ -73,9 +73,7 @@ def _halfway_float32(rng, n):
 @pytest.mark.parametrize("datatype", ["FP32", "FP16", "FP64"])
 def test_float_values_are_bit_identical(datatype):
     rng = np.random.default_rng(0)
-    cases = [
-        [f"{v:.{digits}g}" for v in rng.uniform(-1e3, 1e3, N)] for digits in (3, 9, 17, 25)
-    ]
+    cases = [[f"{v:.{digits}g}" for v in rng.uniform(-1e3, 1e3, N)] for digits in (3, 9, 17, 25)]
     cases.append(_halfway_float32(rng, N // 2))
     cases.append([str(v) for v in rng.integers(-(2**40), 2**40, N)])
     cases.append(["-0", "0", "-0.0", "1e-45", "1e-46", "3.4028235e38", "3.4028236e38", "65504",
