@@ -76,10 +76,11 @@ def main() -> None:
     "--workers",
     default=default("workers"),
     show_default=True,
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=0),
     envvar="TAPESERVE_WORKERS",
-    help="Gunicorn worker processes (each loads every model); on CPU two use both cores past the "
-    "GIL (docs/performance.md), on GPU use one per device.",
+    help="Gunicorn worker processes (each loads every model); 0: one per GPU on a GPU (each "
+    "worker then uses its own GPU), else two, which use both cores of a 2-core CPU past the GIL "
+    "(docs/performance.md).",
 )
 @click.option(
     "--worker-class",

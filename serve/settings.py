@@ -80,7 +80,9 @@ class Settings:
     model_repository: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
-    workers: int = 2  # two beat one ~1.8x on a 2-core CPU (docs/performance.md)
+    #: 0: chosen at start - one per GPU on a GPU, else two (two beat one ~1.8x on a 2-core CPU,
+    #: docs/performance.md); see serve.lifecycle.runtime.default_workers.
+    workers: int = 0
     worker_class: str = "async"  # see WORKER_CLASSES
     threads: int = 8
     device: str = "auto"
@@ -109,7 +111,7 @@ class Settings:
                 f"got {self.worker_class!r}"
             )
         for name in ("port", "workers", "threads", "max_body_size"):
-            if int(getattr(self, name)) < (0 if name == "port" else 1):
+            if int(getattr(self, name)) < (0 if name in ("port", "workers") else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.model_control_mode not in CONTROL_MODES:
             raise ValueError(

@@ -33,10 +33,65 @@ class ModelConfig:
     device: str | None = None
     warmup: bool | list[dict[str, Any]] = True
     intra_op_threads: int | None = None
+    #: CUDA provider options (onnxruntime's names, see CUDA_OPTIONS), used when on a GPU.
+    cuda: dict[str, Any] = field(default_factory=dict)
+    #: TensorRT provider options (TENSORRT_OPTIONS); None: no TensorRT. `true` in the file is {}.
+    tensorrt: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The config as `/v2/models/{m}/config` shows it."""
         return asdict(self)
+
+
+_BOOL, _COUNT, _POSITIVE, _TEXT = "a boolean", "an integer >= 0", "an integer >= 1", "a string"
+
+#: CUDA provider options a config.json may set: what each accepts (a kind or the allowed values).
+CUDA_OPTIONS: dict[str, Any] = {
+    "device_id": _COUNT,
+    "gpu_mem_limit": _POSITIVE,  # bytes the arena may hold
+    "arena_extend_strategy": ("kNextPowerOfTwo", "kSameAsRequested"),
+    "cudnn_conv_algo_search": ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"),
+    "do_copy_in_default_stream": _BOOL,
+    "use_tf32": _BOOL,
+    "enable_cuda_graph": _BOOL,
+}
+#: TensorRT provider options a config.json may set.
+TENSORRT_OPTIONS: dict[str, Any] = {
+    "device_id": _COUNT,
+    "trt_max_workspace_size": _POSITIVE,
+    "trt_fp16_enable": _BOOL,
+    "trt_int8_enable": _BOOL,
+    "trt_engine_cache_enable": _BOOL,
+    "trt_engine_cache_path": _TEXT,
+    "trt_timing_cache_enable": _BOOL,
+    "trt_builder_optimization_level": _COUNT,
+}
+
+
+def _provider_options(key: str, value: Any, known: dict[str, Any]) -> dict[str, Any]:
+    """Validate one provider's options: known names only, each of the right kind."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key} must be an object of provider options, got {json.dumps(value)}")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{key}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    for name, option in value.items():
+        kind = known[name]
+        if isinstance(kind, tuple):
+            ok = option in kind
+            kind = "one of " + ", ".join(kind)
+        elif kind == _BOOL:
+            ok = isinstance(option, bool)
+        elif kind == _TEXT:
+            ok = isinstance(option, str) and option != ""
+        else:
+            minimum = 0 if kind == _COUNT else 1
+            ok = isinstance(option, int) and not isinstance(option, bool) and option >= minimum
+        if not ok:
+            raise ConfigError(f"{key}.{name} must be {kind}, got {json.dumps(option)}")
+    return dict(value)
 
 
 def _number(key: str, value: Any, *, minimum: float, integer: bool) -> Any:
@@ -117,8 +172,31 @@ def parse_config(raw: Any) -> ModelConfig:
                     raise ConfigError(f"device must be a string, got {json.dumps(raw[key])}")
         elif key == "warmup":
             value = _warmup(value)
+        elif key == "cuda":
+            value = _provider_options(key, value, CUDA_OPTIONS)
+        elif key == "tensorrt":
+            if value is True:
+                value = {}
+            elif value is False or value is None:
+                value = None
+            else:
+                value = _provider_options(key, value, TENSORRT_OPTIONS)
         setattr(config, key, value)
+    _check_gpu_agrees(config)
     return config
+
+
+def _check_gpu_agrees(config: ModelConfig) -> None:
+    """`device: cuda:N` and a provider's `device_id` name one GPU, or the config is refused."""
+    named = {}
+    if config.device and ":" in config.device:
+        named["device"] = int(config.device.split(":")[1])
+    for key, options in (("cuda", config.cuda), ("tensorrt", config.tensorrt or {})):
+        if "device_id" in options:
+            named[f"{key}.device_id"] = options["device_id"]
+    if len(set(named.values())) > 1:
+        said = ", ".join(f"{k} {v}" for k, v in named.items())
+        raise ConfigError(f"these name different GPUs: {said}; set the GPU in one place")
 
 
 def load_config(model_dir: Path) -> ModelConfig:

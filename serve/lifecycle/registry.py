@@ -220,7 +220,9 @@ class ModelRegistry:
 
     def _load(self, mv: ModelVersion) -> None:
         config = mv.config
-        device = config.device or self.device
+        gpu = config.cuda.get("device_id", (config.tensorrt or {}).get("device_id"))
+        kind, device_id = runtime.resolve_device(self.device, config.device, gpu)
+        device = config.device or self.device  # the ready gauge's label until it runs somewhere
         started = time.monotonic()
         try:
             if self.vet is not None:
@@ -229,7 +231,14 @@ class ModelRegistry:
                 self.workers, config.instance_count
             )
             sessions = [
-                runtime.create_session(mv.path, device, threads)
+                runtime.create_session(
+                    mv.path,
+                    kind,
+                    threads,
+                    device_id=device_id,
+                    cuda_options=config.cuda,
+                    tensorrt_options=config.tensorrt,
+                )
                 for _ in range(config.instance_count)
             ]
             first = sessions[0]

@@ -6,6 +6,7 @@ do not survive a fork.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -30,6 +31,7 @@ _ORT_ERRORS = (_ort_state.Fail, _ort_state.RuntimeException, _ort_state.EPFail, 
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
 
 
 class InferenceError(RuntimeError):
@@ -84,21 +86,171 @@ def gpu_device_visible() -> bool:
     return any(dev.glob("nvidia[0-9]*")) or (dev / "dxg").exists()
 
 
-def check_device(device: str) -> None:
-    """Refuse `cuda`/`cuda:N` up front when no GPU or no CUDA provider exists (no CUDA init).
+@dataclass(frozen=True)
+class GpuProbe:
+    """What the NVIDIA driver reports, read through NVML.
 
-    Called in the Gunicorn master, so a server asked for a GPU it cannot have fails at once
-    instead of starting workers whose models all fail.
+    NVML does not initialise CUDA, so the Gunicorn master may ask before it forks workers (a
+    child forked after CUDA was initialised cannot use CUDA).
+    """
+
+    #: Driver version; None when the driver cannot be used (then `problem` says why).
+    driver: str | None
+    problem: str
+    #: GPUs this process may use: the driver's count with CUDA_VISIBLE_DEVICES applied.
+    devices: int
+
+
+#: NVML error codes (nvml.h) that say the driver itself is missing or unusable.
+_NVML_LIBRARY_NOT_FOUND, _NVML_DRIVER_NOT_LOADED, _NVML_NO_PERMISSION = 12, 9, 4
+
+
+def _driver_problem(exc: Exception) -> str:
+    code = getattr(exc, "value", None)
+    if code == _NVML_LIBRARY_NOT_FOUND:
+        return (
+            "the NVIDIA driver is missing: its libraries (libnvidia-ml.so.1, libcuda.so.1) are "
+            "not installed, or not mounted into this container (docker run --gpus all, podman "
+            "run --device nvidia.com/gpu=all, with the NVIDIA Container Toolkit)"
+        )
+    if code == _NVML_DRIVER_NOT_LOADED:
+        return "the NVIDIA driver is installed but not loaded (no nvidia kernel module)"
+    if code == _NVML_NO_PERMISSION:
+        return "this process may not use the NVIDIA driver (no permission on /dev/nvidia*)"
+    return f"the NVIDIA driver cannot be used ({exc})"
+
+
+def visible_gpus(count: int, cuda_visible_devices: str | None) -> int:
+    """GPUs CUDA would enumerate: CUDA_VISIBLE_DEVICES lists indices or GPU-/MIG- UUIDs and
+    stops at the first invalid entry; unset means all of them, empty means none."""
+    if cuda_visible_devices is None:
+        return count
+    seen: list[str] = []
+    for entry in (e.strip() for e in cuda_visible_devices.split(",")):
+        if entry.isdigit() and int(entry) < count:
+            key = str(int(entry))
+        elif entry.upper().startswith(("GPU-", "MIG-")):
+            key = entry.upper()
+        else:
+            break
+        if key in seen:
+            break
+        seen.append(key)
+    return min(len(seen), count)
+
+
+def probe_gpus() -> GpuProbe:
+    """Ask the driver (through NVML) whether it is there and how many GPUs it offers."""
+    try:
+        import pynvml
+    except ImportError:  # a dependency; without it only the device nodes can tell
+        nodes = len(list(Path("/dev").glob("nvidia[0-9]*")))
+        why = "" if nodes else "no NVIDIA GPU device is visible (no /dev/nvidia*)"
+        return GpuProbe("unknown" if nodes else None, why, nodes)
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return GpuProbe(None, _driver_problem(exc), 0)
+    try:
+        version = pynvml.nvmlSystemGetDriverVersion()
+        version = version.decode() if isinstance(version, bytes) else str(version)
+        count = pynvml.nvmlDeviceGetCount()
+    except pynvml.NVMLError as exc:
+        return GpuProbe(None, _driver_problem(exc), 0)
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+    devices = visible_gpus(count, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    problem = "" if devices else _no_device(version, count)
+    return GpuProbe(version, problem, devices)
+
+
+def _no_device(version: str, count: int) -> str:
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if count and hidden is not None:
+        return (
+            f"the NVIDIA driver ({version}) has {count} GPU(s) but CUDA_VISIBLE_DEVICES="
+            f"{hidden!r} hides them all"
+        )
+    return f"the NVIDIA driver ({version}) is loaded but no GPU device is present"
+
+
+@functools.cache
+def gpus() -> GpuProbe:
+    """This process's probe, taken once (the GPUs of a host do not come and go)."""
+    return probe_gpus()
+
+
+def device_index(device: str) -> int | None:
+    """N of `cuda:N`; None for auto, cpu and cuda."""
+    return int(device.split(":", 1)[1]) if ":" in device else None
+
+
+def _gpu_unusable(device: str, device_id: int, probe: GpuProbe) -> str | None:
+    """Why `device` on GPU `device_id` cannot run here, from the probe alone (None: it can)."""
+    if probe.driver is None or probe.devices == 0:
+        return probe.problem or "no NVIDIA GPU is visible"
+    if device_id >= probe.devices:
+        return (
+            f"GPU {device_id} does not exist: {probe.devices} GPU(s) are visible "
+            f"(cuda:0..cuda:{probe.devices - 1})"
+        )
+    if CUDA not in ort.get_available_providers():
+        return (
+            "this onnxruntime build has no CUDA provider (available: "
+            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+        )
+    return None
+
+
+def check_device(device: str, probe: GpuProbe | None = None) -> None:
+    """Refuse `cuda`/`cuda:N` up front, saying whether the driver or a device is missing.
+
+    Called in the Gunicorn master (NVML only, no CUDA initialisation), so a server asked for a
+    GPU it cannot have fails at once instead of starting workers whose models all fail.
     """
     if not device.startswith("cuda"):
         return
-    if not gpu_device_visible():
-        raise DeviceError(f"device {device!r} requested but no NVIDIA GPU device is visible")
-    if CUDA not in ort.get_available_providers():
-        raise DeviceError(
-            f"device {device!r} requested but this onnxruntime build has no CUDA provider "
-            f"(available: {', '.join(ort.get_available_providers())})"
-        )
+    why = _gpu_unusable(device, device_index(device) or 0, probe or gpus())
+    if why:
+        raise DeviceError(f"device {device!r} requested but {why}")
+
+
+def default_workers(device: str, probe: GpuProbe | None = None) -> int:
+    """Gunicorn workers when none are asked for: one per GPU on a GPU (each worker owns its
+    GPU's CUDA context and weights), two on CPU (docs/performance.md)."""
+    if device == "cpu" or device_index(device) is not None:
+        return 2 if device == "cpu" else 1
+    probe = probe or gpus()
+    if probe.driver is not None and probe.devices and CUDA in ort.get_available_providers():
+        return probe.devices
+    return 2 if device == "auto" else 1
+
+
+WORKER_GPU_VAR = "TAPESERVE_WORKER_GPU"
+
+
+def worker_gpu() -> int | None:
+    """The GPU the Gunicorn master gave this worker (serve.workers.gunicorn_conf), if any."""
+    value = os.environ.get(WORKER_GPU_VAR, "")
+    return int(value) if value.isdigit() else None
+
+
+def resolve_device(
+    server_device: str, model_device: str | None, cuda_device_id: int | None
+) -> tuple[str, int]:
+    """(device kind, GPU index) for one model: the model's own `device`, else its CUDA
+    `device_id`, else the server's `--device cuda:N`, else this worker's GPU, else GPU 0."""
+    device = model_device or server_device
+    kind = device.split(":", 1)[0]
+    index = device_index(model_device or "")
+    if index is None:
+        index = cuda_device_id
+    if index is None:
+        index = device_index(server_device)
+    if index is None:
+        index = worker_gpu()
+    return kind, index or 0
 
 
 def _fall_back_to_cpu(why: str) -> None:
@@ -109,25 +261,38 @@ def _fall_back_to_cpu(why: str) -> None:
         log.warning("device auto: %s; running on CPU", why)
 
 
-def providers_for(device: str) -> list:
-    """The provider list to ask ORT for on `device` (auto|cpu|cuda|cuda:N)."""
+def _ort_options(options: dict) -> dict[str, str]:
+    """Provider options as onnxruntime takes them: strings, booleans as 1/0."""
+    return {k: str(int(v)) if isinstance(v, bool) else str(v) for k, v in options.items()}
+
+
+def providers_for(
+    device: str,
+    device_id: int | None = None,
+    cuda_options: dict | None = None,
+    tensorrt_options: dict | None = None,
+) -> list:
+    """The provider list to ask ORT for on `device` (auto|cpu|cuda|cuda:N) and GPU `device_id`
+    (`cuda:N` wins): TensorRT first when the model asks for it, then CUDA, then CPU."""
     if device == "cpu" or (device == "auto" and _cuda_failed_in_auto):
         return [CPU]
-    device_id = int(device.split(":", 1)[1]) if ":" in device else 0
-    if not gpu_device_visible():
+    index = device_index(device)
+    device_id = index if index is not None else (device_id or 0)
+    why = _gpu_unusable(device, device_id, gpus())
+    if why:
         if device == "auto":
-            _fall_back_to_cpu("no NVIDIA GPU device is visible to this process")
+            _fall_back_to_cpu(why)
             return [CPU]
-        raise DeviceError(f"device {device!r} requested but no NVIDIA GPU device is visible")
-    if CUDA not in ort.get_available_providers():
-        if device == "auto":
-            _fall_back_to_cpu("this onnxruntime build has no CUDA provider")
-            return [CPU]
-        raise DeviceError(
-            f"device {device!r} requested but this onnxruntime build has no CUDA provider "
-            f"(available: {', '.join(ort.get_available_providers())})"
-        )
-    return [(CUDA, {"device_id": device_id}), CPU]
+        raise DeviceError(f"device 'cuda:{device_id}' requested but {why}")
+    providers: list = [(CUDA, _ort_options({**(cuda_options or {}), "device_id": device_id}))]
+    if tensorrt_options is not None:
+        if TENSORRT not in ort.get_available_providers():
+            raise DeviceError(
+                "config.json asks for TensorRT but this onnxruntime build has no TensorRT provider"
+            )
+        trt = _ort_options({**tensorrt_options, "device_id": device_id})
+        providers.insert(0, (TENSORRT, trt))
+    return [*providers, CPU]
 
 
 @functools.cache
@@ -196,11 +361,21 @@ class Session:
             raise InferenceError(f"inference failed: {exc}", 500) from None
 
 
-def create_session(path: str | Path, device: str, threads: int) -> Session:
+def create_session(
+    path: str | Path,
+    device: str,
+    threads: int,
+    *,
+    device_id: int | None = None,
+    cuda_options: dict | None = None,
+    tensorrt_options: dict | None = None,
+) -> Session:
     """Load an ONNX model on `device`, checking that the provider really is the one in use.
 
     `auto` falls back to CPU with a warning when CUDA is not active; `cuda`/`cuda:N` raise
-    DeviceError instead (a silent CPU fallback is how GPU deployments quietly run slow).
+    DeviceError instead (a silent CPU fallback is how GPU deployments quietly run slow). The
+    provider options come from the model's config.json (`cuda`, `tensorrt`); TensorRT, when a
+    model asks for it, must start as well (under `auto` the model then runs on CUDA, warned).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -208,24 +383,31 @@ def create_session(path: str | Path, device: str, threads: int) -> Session:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
-    providers = providers_for(device)
-    if device != "cpu" and len(providers) > 1:
+    providers = providers_for(device, device_id, cuda_options, tensorrt_options)
+    if len(providers) > 1:
         preload_cuda_libraries()
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     active = session.get_providers()
-    if device != "cpu" and CUDA not in active:
+    if len(providers) > 1 and CUDA not in active:
         if device != "auto":
+            named = device if ":" in device else f"cuda:{device_id or 0}"
             raise DeviceError(
-                f"device {device!r} requested but the CUDA provider is not active "
-                f"(session providers: {', '.join(active)}); CUDA/cuDNN libraries are missing "
-                "or no GPU is visible"
+                f"device {named!r} requested but the CUDA provider is not active "
+                f"(session providers: {', '.join(active)}): CUDA/cuDNN libraries are missing "
+                "or do not match the driver (deploy/cuda_libraries.py names which)"
             )
         _fall_back_to_cpu(
-            "the CUDA provider did not start (CUDA/cuDNN libraries missing or no GPU)"
+            "the CUDA provider did not start (CUDA/cuDNN libraries missing or not matching "
+            "the driver)"
         )
+    elif tensorrt_options is not None and len(providers) > 1 and TENSORRT not in active:
+        why = "the TensorRT provider did not start (TensorRT's libnvinfer missing?)"
+        if device != "auto":
+            raise DeviceError(f"config.json asks for TensorRT but {why}")
+        log.warning("device auto: %s; running on CUDA", why)
     provider = active[0]
-    if provider == CUDA:
-        options_used = session.get_provider_options().get(CUDA, {})
+    if provider in (CUDA, TENSORRT):
+        options_used = session.get_provider_options().get(provider, {})
         where = f"cuda:{options_used.get('device_id', 0)}"
     else:
         where = "cpu"

@@ -17,7 +17,14 @@ import shutil
 import sys
 import tempfile
 
-from serve.lifecycle.runtime import DeviceError, check_device
+from serve.lifecycle.runtime import (
+    WORKER_GPU_VAR,
+    DeviceError,
+    check_device,
+    default_workers,
+    device_index,
+    gpus,
+)
 from serve.settings import WORKER_CLASSES, Settings, normalize_multiproc_dir
 from serve.workers import readiness as worker_readiness
 
@@ -26,6 +33,8 @@ try:
     check_device(_settings.device)
 except (ValueError, DeviceError) as exc:
     sys.exit(f"tapeserve: {exc}")
+if not _settings.workers:
+    _settings.workers = default_workers(_settings.device)
 os.environ.update(_settings.to_env())  # workers read the same settings, defaults resolved
 
 # Multiprocess metrics: set before prometheus_client is imported anywhere (it reads it once);
@@ -81,6 +90,32 @@ def on_starting(server) -> None:
         _settings.threads,
         _settings.worker_class,
     )
+
+
+def _spread_over_gpus() -> int:
+    """GPUs the workers take turns on: all visible ones for `cuda`/`auto` without an index."""
+    if _settings.device == "cpu" or device_index(_settings.device) is not None:
+        return 0
+    probe = gpus()
+    return probe.devices if probe.driver is not None else 0
+
+
+def pre_fork(server, worker) -> None:
+    """Give each worker a GPU slot, the lowest one no live worker holds (a replacement worker
+    takes its predecessor's GPU)."""
+    taken = {getattr(w, "tapeserve_gpu", None) for w in server.WORKERS.values()}
+    count = _spread_over_gpus()
+    worker.tapeserve_gpu = next((i for i in range(count) if i not in taken), None)
+    if worker.tapeserve_gpu is None and count:
+        worker.tapeserve_gpu = len(server.WORKERS) % count  # more workers than GPUs
+
+
+def post_fork(server, worker) -> None:
+    """In the worker: the GPU its models default to (serve.lifecycle.runtime.worker_gpu)."""
+    if getattr(worker, "tapeserve_gpu", None) is not None:
+        os.environ[WORKER_GPU_VAR] = str(worker.tapeserve_gpu)
+        server.log.info("tapeserve: worker %s runs its models on GPU %d", worker.pid,
+                        worker.tapeserve_gpu)  # fmt: skip
 
 
 def child_exit(server, worker) -> None:
