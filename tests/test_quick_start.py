@@ -37,7 +37,11 @@ def test_make_serve_serves_the_bundled_examples_even_when_models_exists(tmp_path
     stamp.parent.mkdir()
     stamp.touch()  # newer than pyproject.toml: no install step
     out = subprocess.run(
-        ["make", "-n", "serve"], cwd=tmp_path, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "serve"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert re.search(r"tapeserve serve --model-repository examples/models\s*$", out), out
 
