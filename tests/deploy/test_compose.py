@@ -144,6 +144,9 @@ def test_podman_compose_resolves_the_stack(profile):
     (models,) = resolved["services"][server]["volumes"]
     assert (COMPOSE.parent / models["source"]).resolve() == ROOT / "examples" / "models"
     assert resolved["services"][server]["ports"] == ["127.0.0.1:8000:8000"]
+    if profile == "gpu":  # the CUDA image, built from the CPU image's base with NVIDIA's wheels
+        assert resolved["services"][server]["build"]["args"] == ["VARIANT=cuda"]
+        assert resolved["services"][server]["image"] == "localhost/tapeserve:cuda"
 
 
 @pytest.mark.slow

@@ -192,6 +192,7 @@ def test_overlays_differ_where_they_must():
     assert gpu_container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert _config(cpu)["TAPESERVE_DEVICE"] == "cpu"
     assert _config(gpu)["TAPESERVE_DEVICE"] == "cuda"
+    assert _config(gpu)["TAPESERVE_WORKERS"] == "0", "one worker per GPU the pod is given"
     assert gpu_container["image"].endswith("-cuda")
     assert not cpu_container["image"].endswith("-cuda")
     tolerations = gpu_deployment["spec"]["template"]["spec"]["tolerations"]
