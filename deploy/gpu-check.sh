@@ -48,8 +48,12 @@ if [[ -z "$PY" ]]; then
 fi
 if [[ -n "$INSTALL" ]]; then
   # The `cuda` extra of pyproject.toml, with what is installed pinned (nothing is upgraded).
-  REQUIREMENT="$("$PY" -c 'import sys, tomllib
-print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["cuda"])' \
+  REQUIREMENT="$("$PY" -c 'import re, sys
+try:
+    import tomllib
+    print(*tomllib.load(open(sys.argv[1], "rb"))["project"]["optional-dependencies"]["cuda"])
+except ModuleNotFoundError:  # Python 3.10
+    print(re.search(r"^cuda = \[\"([^\"]+)\"\]", open(sys.argv[1]).read(), re.M).group(1))' \
     "$ROOT/pyproject.toml")"
   FROM=()
   if [[ "$INSTALL" == wheels ]]; then
