@@ -277,6 +277,14 @@ def wait_ready(url: str, alive: Callable[[], bool], timeout: float = 300) -> Non
     raise StepFailed(f"{url} not ready after {timeout:.0f} s")
 
 
+def children(pid: int) -> list[int]:
+    """Child processes of `pid` (a Gunicorn master's are its workers), as the host numbers them."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    with contextlib.suppress(OSError):
+        return [int(p) for p in path.read_text().split()]
+    return []
+
+
 @dataclass
 class Server:
     url: str
@@ -285,10 +293,7 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         """The Gunicorn workers: children of the master (the process `tapeserve serve` became)."""
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        with contextlib.suppress(OSError):
-            return [int(p) for p in children.read_text().split()]
-        return []
+        return children(self.process.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -338,7 +343,7 @@ def serve(repository: Path, device: str, workers: int, workdir: Path) -> Iterato
                 process.wait()
 
 
-def bench(server: Server, model: str, batch: int, seconds: float, workdir: Path) -> float:
+def bench(url: str, model: str, batch: int, seconds: float, workdir: Path) -> float:
     """Samples per second of `tapeserve bench` (binary tensors, 4 connections) at `batch`."""
     out = workdir / f"bench-{time.monotonic_ns()}.json"
     command = [
@@ -346,7 +351,7 @@ def bench(server: Server, model: str, batch: int, seconds: float, workdir: Path)
         "bench",
         model,
         "--url",
-        server.url,
+        url,
         "--binary",
         "--batch-size",
         str(batch),
@@ -557,7 +562,7 @@ def step_throughput(opts: Options, memory: dict, gauges: dict) -> str:
                 with serve(repository, device, workers, opts.workdir) as server:
                     for batch in opts.batches:
                         results[(device, workers, batch)] = bench(
-                            server, "mlp", batch, opts.seconds, opts.workdir
+                            server.url, "mlp", batch, opts.seconds, opts.workdir
                         )
                     if device != "cpu":
                         _observe_gpu_server(server, workers, memory, gauges)
@@ -667,62 +672,58 @@ def step_container(opts: Options) -> str:
     )
     print(libraries.stdout.strip())
     if libraries.returncode != 0:
-        raise StepFailed(f"CUDA libraries in {image}: {libraries.stdout.strip().splitlines()[-1:]}")
+        said = libraries.stdout.strip().splitlines() or libraries.stderr.strip().splitlines()
+        raise StepFailed(f"CUDA libraries in {image}: {said[-1] if said else 'no output'}")
+    # The container serves the bundled models and the throughput MLP, one worker per GPU.
+    repository = opts.workdir / "container-models"
+    if not repository.exists():
+        shutil.copytree(BUNDLED, repository)
+        shutil.copytree(throughput_repository(opts.workdir) / "mlp", repository / "mlp")
     port, name = free_port(), f"tapeserve-gpu-check-{os.getpid()}"
-    subprocess.run(
-        [
-            engine,
-            "run",
-            "-d",
-            "--name",
-            name,
-            *gpu_flags,
-            "-p",
-            f"127.0.0.1:{port}:8000",
-            "-v",
-            f"{BUNDLED}:/models:ro",
-            "-e",
-            f"TAPESERVE_DEVICE={opts.device}",
-            "-e",
-            "TAPESERVE_WORKERS=1",
-            "-e",
-            "TAPESERVE_STRICT_READINESS=1",
-            image,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    started = subprocess.run(
+        [engine, "run", "-d", "--name", name, *gpu_flags, "-p", f"127.0.0.1:{port}:8000",
+         "-v", f"{repository}:/models:ro", "-e", f"TAPESERVE_DEVICE={opts.device}",
+         "-e", "TAPESERVE_STRICT_READINESS=1", image],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if started.returncode != 0:
+        raise StepFailed(f"{engine} run failed: {started.stderr.strip()[-500:]}")
     url = f"http://127.0.0.1:{port}"
     try:
 
-        def alive() -> bool:
-            state = subprocess.run(
-                [engine, "inspect", "-f", "{{.State.Running}}", name],
-                capture_output=True,
-                text=True,
-            )
-            return state.stdout.strip() == "true"
+        def inspect(field: str) -> str:
+            out = subprocess.run([engine, "inspect", "-f", f"{{{{{field}}}}}", name],
+                                 capture_output=True, text=True)  # fmt: skip
+            return out.stdout.strip()
 
-        wait_ready(url, alive)
+        wait_ready(url, lambda: inspect(".State.Running") == "true")
         served = 0
         for model, path in repository_models(BUNDLED):
             cpu = ort_session(path, "cpu")
             feeds = sample_inputs(cpu, batch=4)
-            got = v2_infer(url, model, feeds)
-            ok, diff = compare(cpu.run(None, feeds), got, opts.rtol, opts.atol)
-            print(
-                f"container {model}: max |GPU - host CPU| = {diff:.2e} {'ok' if ok else 'MISMATCH'}"
-            )
+            ok, diff = compare(cpu.run(None, feeds), v2_infer(url, model, feeds), opts.rtol,
+                               opts.atol)  # fmt: skip
+            print(f"container {model}: max |GPU - host CPU| = {diff:.2e} {'ok' if ok else 'NO'}")
             if not ok:
                 raise StepFailed(f"{model}: the container's GPU outputs differ from the host CPU's")
             served += 1
+        rates = {b: bench(url, "mlp", b, opts.seconds, opts.workdir) for b in opts.batches}
+        print("| batch | container GPU samples/s |\n|---:|---:|")
+        print("\n".join(f"| {b} | {rate:,.0f} |" for b, rate in rates.items()))
+        workers = children(int(inspect(".State.Pid") or 0))
+        memory = worker_memory(workers, gpu_memory_by_pid(open_nvml()))
+        print("container workers' GPU memory: " + ", ".join(
+            f"pid {pid} {used / 2**20:,.0f} MiB" for pid, used in memory))  # fmt: skip
         status, body = http_get(f"{url}/metrics")
         if status != 200:
             raise StepFailed(f"/metrics answered {status}")
-        gauges = gpu_gauges(body.decode(errors="replace"))
-        print(f"container /metrics: {check_gauges(gauges, len(gauges) or 1)}")
-        return f"{image} on {engine}: libraries complete, {served} model(s) agree, gauges present"
+        gauges = check_gauges(gpu_gauges(body.decode(errors="replace")), len(workers))
+        print(f"container /metrics: {gauges}")
+        return (
+            f"{image} on {engine}: libraries complete, {served} model(s) agree, "
+            f"{len(workers)} worker(s) on the GPU, {rates[max(rates)]:,.0f} samples/s at batch "
+            f"{max(rates)}, gauges present"
+        )
     finally:
         logs = subprocess.run([engine, "logs", name], capture_output=True, text=True)
         tail = (logs.stdout + logs.stderr).strip().splitlines()[-10:]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import kubernetes_validate
@@ -32,3 +35,14 @@ def by_kind(resources: list[Resource], kind: str) -> Resource:
 def validate(resource: Resource, version: str) -> None:
     """Strict schema validation (unknown fields are errors) against one Kubernetes version."""
     kubernetes_validate.validate(resource, version, strict=True)
+
+
+def deploy_module(name: str) -> ModuleType:
+    """A Python script of deploy/ (e.g. gpu_check), imported under its own name."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, DEPLOY / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -21,7 +21,7 @@ from tests.deploy.containers import (
     run,
     wait_ready,
 )
-from tests.deploy.manifests import DEPLOY
+from tests.deploy.manifests import DEPLOY, deploy_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.system, pytest.mark.timeout(2400)]
 
@@ -181,3 +181,15 @@ def test_device_cuda_refuses_to_start_and_says_why(podman, cuda_image, container
     assert started.returncode != 0, output
     assert "device 'cuda' requested but the NVIDIA driver is missing" in output, output
     assert "nvidia.com/gpu=all" in output, "it says how to give a container the driver"
+
+
+def test_gpu_check_container_step_fails_without_the_nvidia_runtime_and_says_why(
+    podman, cuda_image, monkeypatch
+):
+    """Step 7 of `make gpu-check` on this machine: podman has no NVIDIA CDI device to give."""
+    gpu_check = deploy_module("gpu_check")
+    monkeypatch.setenv("CONTAINERS_CONF", podman[1]["CONTAINERS_CONF"])
+    opts = gpu_check.Options(image=cuda_image, engine="podman")
+    with pytest.raises(gpu_check.StepFailed, match=rf"CUDA libraries in {cuda_image}: .*"
+                       r"nvidia\.com/gpu=all"):  # fmt: skip
+        gpu_check.step_container(opts)

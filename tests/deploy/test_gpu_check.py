@@ -9,7 +9,6 @@ collector into the check's parser.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from tests.deploy.manifests import DEPLOY
+from tests.deploy.manifests import DEPLOY, deploy_module
 
 SCRIPT = DEPLOY / "gpu-check.sh"
 STEPS = [
@@ -33,15 +32,7 @@ STEPS = [
 ]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, DEPLOY / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load("gpu_check")
+gpu_check = deploy_module("gpu_check")
 
 
 def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
