@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings.workers,
         runtime_dir=os.environ.get(RUNTIME_DIR_ENV) or None,
     )
+    registry.allow_python_models = settings.allow_python_models
+    registry.python_model_memory_bytes = settings.python_model_memory_mb * 1024**2
     app.extensions["tapeserve"] = Server(settings, registry)
     for blueprint in (v2.bp, tfserving.bp, status.bp):
         app.register_blueprint(blueprint)

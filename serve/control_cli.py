@@ -86,6 +86,22 @@ _OPTIONS = [
         envvar="TAPESERVE_LOAD_PROBE_TIMEOUT",
         help="Seconds the load probe may take (session creation and warm-up).",
     ),
+    click.option(
+        "--allow-python-models/--no-allow-python-models",
+        default=default("allow_python_models"),
+        show_default=True,
+        envvar="TAPESERVE_ALLOW_PYTHON_MODELS",
+        help='Serve Python models (config.json "backend": "python"): their model.py runs '
+        "with this server's user, files and network (docs/pipelines.md#what-it-trusts).",
+    ),
+    click.option(
+        "--python-model-memory-mb",
+        type=click.IntRange(min=64),
+        default=default("python_model_memory_mb"),
+        show_default=True,
+        envvar="TAPESERVE_PYTHON_MODEL_MEMORY_MB",
+        help="Address-space limit of each Python model's process.",
+    ),
 ]
 
 

@@ -100,6 +100,8 @@ class Settings:
     load_probe: bool = True
     load_probe_memory_mb: int = 4096
     load_probe_timeout: float = 60.0
+    allow_python_models: bool = False
+    python_model_memory_mb: int = 4096
 
     def __post_init__(self) -> None:
         if not self.model_repository:
@@ -118,7 +120,9 @@ class Settings:
                 "model_control_mode must be none, poll or explicit, "
                 f"got {self.model_control_mode!r}"
             )
-        for name in ("poll_interval", "load_probe_memory_mb", "load_probe_timeout"):
+        for name in (
+            "poll_interval", "load_probe_memory_mb", "load_probe_timeout", "python_model_memory_mb"
+        ):  # fmt: skip
             if float(getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 

@@ -30,6 +30,10 @@ from serve.observability import metrics
 log = logging.getLogger("tapeserve.batcher")
 
 Runner = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
+#: A runner that takes the batch's requests one by one (feeds of each, and the latest deadline of
+#: the batch) and answers each with its outputs or the exception that failed it alone: Python
+#: models, whose `execute` gets a list of requests as Triton's Python backend gives it.
+RequestsRunner = Callable[[list[dict[str, np.ndarray]], float | None], list]
 
 
 class QueueFull(Exception):
@@ -171,6 +175,7 @@ class Batcher:
         max_queue_delay_ms: float = 0.0,
         max_queue_size: int = 1024,
         batching: bool = True,
+        per_request: bool = False,
     ) -> None:
         self.model = model
         self.version = version
@@ -178,6 +183,8 @@ class Batcher:
         self.max_queue_delay = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.batching = batching and max_batch_size > 0
+        #: The runners are RequestsRunners: requests are not concatenated, so any batch together.
+        self.per_request = per_request
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -213,9 +220,9 @@ class Batcher:
             if self._direct and not self._queue and self._free and not self._closed:
                 runner = self._free.pop()
             else:
-                pending = self._enqueue(_Pending(feeds, rows, _batch_key(feeds), deadline, True))
+                pending = self._enqueue(_Pending(feeds, rows, self._key(feeds), deadline, True))
         if pending is None:
-            return self._run_direct(runner, feeds, rows)
+            return self._run_direct(runner, feeds, rows, deadline)
         if deadline is None:
             self._await(pending, None)
         elif not self._await(pending, deadline - time.monotonic()):
@@ -244,10 +251,20 @@ class Batcher:
             self._run_batch(runner, batch)
         return True
 
-    def _run_direct(self, runner: Runner, feeds: dict[str, np.ndarray], rows: int) -> list:
+    def _key(self, feeds: dict[str, np.ndarray]) -> tuple:
+        return () if self.per_request else _batch_key(feeds)
+
+    def _run_direct(
+        self, runner: Runner, feeds: dict[str, np.ndarray], rows: int, deadline: float | None
+    ) -> list:
         self._queue_duration.observe(0.0)
         started = time.perf_counter()
         try:
+            if self.per_request:
+                (result,) = runner([feeds], deadline)  # type: ignore[arg-type,call-arg]
+                if isinstance(result, BaseException):
+                    raise result
+                return result
             return list(runner(feeds))
         finally:
             self._record(rows, time.perf_counter() - started)
@@ -282,7 +299,7 @@ class Batcher:
         a time.monotonic() value. Raises QueueFull when the queue is at its bound.
         """
         rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
-        pending = _Pending(feeds, rows, _batch_key(feeds), deadline, False, on_done)
+        pending = _Pending(feeds, rows, self._key(feeds), deadline, False, on_done)
         with self._cond:
             return self._enqueue(pending)
 
@@ -438,6 +455,9 @@ class Batcher:
             self._release(runner)
 
     def _execute(self, runner: Runner, batch: list[_Pending]) -> None:
+        if self.per_request:
+            self._execute_requests(runner, batch)  # type: ignore[arg-type]
+            return
         if len(batch) == 1:
             feeds = batch[0].feeds
         else:
@@ -469,6 +489,20 @@ class Batcher:
             end = offset + p.rows
             p.set_result([out[offset:end] for out in outputs])
             offset = end
+
+    def _execute_requests(self, runner: RequestsRunner, batch: list[_Pending]) -> None:
+        deadlines = [p.deadline for p in batch]
+        deadline = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
+        started = time.perf_counter()
+        try:
+            results = runner([p.feeds for p in batch], deadline)
+        finally:
+            self._record(sum(p.rows for p in batch), time.perf_counter() - started)
+        for p, result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                p.set_exception(result)
+            else:
+                p.set_result(result)
 
     def _record(self, rows: int, seconds: float) -> None:
         self._compute_duration.observe(seconds)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from serve.protocol.types import TensorSpec
 from serve.settings import parse_device
 
 CONFIG_FILE = "config.json"
@@ -18,6 +19,33 @@ CONFIG_FILE = "config.json"
 
 class ConfigError(ValueError):
     """config.json is unreadable or holds an invalid value; the message says which and why."""
+
+
+#: Triton's model-config data types (TYPE_STRING is the BYTES wire type) -> V2 datatype.
+TRITON_TO_V2 = {
+    "TYPE_BOOL": "BOOL",
+    "TYPE_UINT8": "UINT8",
+    "TYPE_UINT16": "UINT16",
+    "TYPE_UINT32": "UINT32",
+    "TYPE_UINT64": "UINT64",
+    "TYPE_INT8": "INT8",
+    "TYPE_INT16": "INT16",
+    "TYPE_INT32": "INT32",
+    "TYPE_INT64": "INT64",
+    "TYPE_FP16": "FP16",
+    "TYPE_FP32": "FP32",
+    "TYPE_FP64": "FP64",
+    "TYPE_STRING": "BYTES",
+    "TYPE_BF16": "BF16",
+}
+V2_TO_TRITON = {v: k for k, v in TRITON_TO_V2.items()}
+
+#: The model kinds a folder can hold, from Triton's `platform` / `backend` fields.
+ONNX, PYTHON, ENSEMBLE = "onnx", "python", "ensemble"
+_PLATFORMS = {"onnxruntime_onnx": ONNX, "ensemble": ENSEMBLE}
+_BACKENDS = {"onnxruntime": ONNX, "python": PYTHON}
+_IO_KEYS = {"name", "data_type", "dims", "label_filename", "optional"}
+_STEP_KEYS = {"model_name", "model_version", "input_map", "output_map"}
 
 
 @dataclass
@@ -37,10 +65,54 @@ class ModelConfig:
     cuda: dict[str, Any] = field(default_factory=dict)
     #: TensorRT provider options (TENSORRT_OPTIONS); None: no TensorRT. `true` in the file is {}.
     tensorrt: dict[str, Any] | None = None
+    # Triton's field names (docs/model-config.md#triton-fields), so a config.pbtxt translates
+    # line by line: the model's kind, its declared tensors and an ensemble's steps.
+    name: str | None = None
+    platform: str | None = None
+    backend: str | None = None
+    input: list[dict[str, Any]] = field(default_factory=list)
+    output: list[dict[str, Any]] = field(default_factory=list)
+    ensemble_scheduling: dict[str, Any] | None = None
+    #: Triton's `dynamic_batching` (`{}` or `{"max_queue_delay_microseconds": N}`) and
+    #: `instance_group` (`[{"count": N, "kind": "KIND_CPU"}]`): the same knobs as
+    #: max_queue_delay_ms and instance_count, which they set.
+    dynamic_batching: dict[str, Any] | None = None
+    instance_group: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The config as `/v2/models/{m}/config` shows it."""
         return asdict(self)
+
+    @property
+    def kind(self) -> str:
+        """onnx, python or ensemble."""
+        if self.platform is not None:
+            return _PLATFORMS[self.platform]
+        return _BACKENDS[self.backend] if self.backend is not None else ONNX
+
+    @property
+    def platform_name(self) -> str:
+        """The `platform` model metadata shows, as Triton names it."""
+        return {ONNX: "onnxruntime_onnx", PYTHON: "python", ENSEMBLE: "ensemble"}[self.kind]
+
+    @property
+    def backend_name(self) -> str:
+        return {ONNX: "onnxruntime", PYTHON: "python", ENSEMBLE: ""}[self.kind]
+
+    def label_files(self) -> dict[str, str]:
+        """Output name -> label file (relative to the model folder) for the outputs naming one."""
+        return {o["name"]: o["label_filename"] for o in self.output if o.get("label_filename")}
+
+
+def declared_specs(config: ModelConfig, key: str) -> list[TensorSpec]:
+    """The `input` or `output` tensors a config declares, as the server advertises them: a
+    batching model's first dimension (-1) comes before Triton's `dims`."""
+    batch = (-1,) if config.max_batch_size > 0 else ()
+    return [
+        TensorSpec(io["name"], TRITON_TO_V2[io["data_type"]], batch + tuple(io["dims"]))
+        for io in getattr(config, key)
+        if "data_type" in io
+    ]
 
 
 _BOOL, _COUNT, _POSITIVE, _TEXT = "a boolean", "an integer >= 0", "an integer >= 1", "a string"
@@ -140,6 +212,141 @@ def _warmup(value: Any) -> bool | list[dict[str, Any]]:
     return value
 
 
+def _io_list(key: str, value: Any, kind: str) -> list[dict[str, Any]]:
+    """`input`/`output`: [{"name", "data_type": "TYPE_FP32", "dims": [...]}], Triton's shape."""
+    example = '[{"name": "x", "data_type": "TYPE_FP32", "dims": [4]}]'
+    if not isinstance(value, list):
+        raise ConfigError(f"{key} must be a list like {example}, got {json.dumps(value)}")
+    seen = set()
+    out = []
+    for i, item in enumerate(value):
+        what = f"{key}[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
+            raise ConfigError(f"{what} must be an object with a 'name'; e.g. {example}")
+        what = f"{key} '{item['name']}'"
+        allowed = _IO_KEYS - ({"optional"} if key == "output" else {"label_filename"})
+        unknown = sorted(set(item) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{what}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(allowed))}"
+            )
+        if item["name"] in seen:
+            raise ConfigError(f"{what} is declared twice")
+        seen.add(item["name"])
+        data_type, dims = item.get("data_type"), item.get("dims")
+        if kind != ONNX or data_type is not None or dims is not None:
+            if data_type not in TRITON_TO_V2:
+                raise ConfigError(
+                    f"{what}: data_type must be one of "
+                    f"{', '.join(TRITON_TO_V2)}, got {json.dumps(data_type)}"
+                )
+            if not isinstance(dims, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in dims
+            ):
+                raise ConfigError(
+                    f"{what}: dims must be a list of sizes (-1: variable), got {json.dumps(dims)}"
+                )
+        label = item.get("label_filename")
+        if label is not None and (
+            not isinstance(label, str) or not label or "/" in label or label.startswith(".")
+        ):
+            raise ConfigError(
+                f"{what}: label_filename must be a file name in the model "
+                f"folder, got {json.dumps(label)}"
+            )
+        out.append(dict(item))
+    return out
+
+
+def _ensemble_scheduling(value: Any) -> dict[str, Any]:
+    """`{"step": [{"model_name", "model_version", "input_map", "output_map"}, ...]}`."""
+    if not isinstance(value, dict) or set(value) - {"step"}:
+        raise ConfigError(
+            'ensemble_scheduling must be {"step": [...]}, '
+            f"got keys {sorted(value) if isinstance(value, dict) else value}"
+        )
+    steps = value.get("step")
+    if not isinstance(steps, list) or not steps:
+        raise ConfigError("ensemble_scheduling.step must be a non-empty list of steps")
+    for i, step in enumerate(steps):
+        what = f"ensemble_scheduling.step[{i}]"
+        if not isinstance(step, dict):
+            raise ConfigError(f"{what} must be an object")
+        unknown = sorted(set(step) - _STEP_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{what}: unknown key(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(_STEP_KEYS))}"
+            )
+        if not isinstance(step.get("model_name"), str) or not step["model_name"]:
+            raise ConfigError(f"{what}: model_name must name a model of the repository")
+        version = step.setdefault("model_version", -1)
+        if isinstance(version, str) and version.lstrip("-").isdigit():
+            version = step["model_version"] = int(version)  # proto JSON writes int64 as text
+        if isinstance(version, bool) or not isinstance(version, int) or version < -1 or not version:
+            raise ConfigError(
+                f"{what}: model_version must be -1 (latest) or a version number, "
+                f"got {json.dumps(version)}"
+            )
+        for key in ("input_map", "output_map"):
+            mapping = step.get(key)
+            if not isinstance(mapping, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+            ):
+                raise ConfigError(
+                    f"{what}: {key} must map the step model's tensor names to "
+                    f"ensemble tensor names, got {json.dumps(mapping)}"
+                )
+    return value
+
+
+def _instance_group(value: Any) -> int:
+    """Triton's instance_group: the total count of CPU instances (GPU kinds are ONNX's device)."""
+    example = '[{"count": 2, "kind": "KIND_CPU"}]'
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"instance_group must be a list like {example}")
+    total = 0
+    for i, group in enumerate(value):
+        if not isinstance(group, dict) or set(group) - {"count", "kind", "name"}:
+            raise ConfigError(f"instance_group[{i}] must be like {example}")
+        if group.get("kind", "KIND_CPU") not in ("KIND_CPU", "KIND_AUTO"):
+            raise ConfigError(
+                f"instance_group[{i}].kind: only KIND_CPU and KIND_AUTO; the "
+                "device of an ONNX model is its 'device' key"
+            )
+        total += _number(
+            f"instance_group[{i}].count", group.get("count", 1), minimum=1, integer=True
+        )
+    return total
+
+
+def _check_kind(config: ModelConfig) -> None:
+    """Triton's rules tying platform, backend and the Triton fields together."""
+    if config.platform is not None and config.platform not in _PLATFORMS:
+        raise ConfigError(
+            f"platform must be one of {', '.join(_PLATFORMS)}, got {json.dumps(config.platform)}"
+        )
+    if config.backend is not None and config.backend not in _BACKENDS:
+        raise ConfigError(
+            f"backend must be one of {', '.join(_BACKENDS)}, got {json.dumps(config.backend)}"
+        )
+    if config.backend == "python" and config.platform is not None:
+        raise ConfigError('a model with "backend": "python" must not set "platform"')
+    if config.platform == "ensemble" and config.backend is not None:
+        raise ConfigError('an ensemble ("platform": "ensemble") must not set "backend"')
+    kind = config.kind
+    if (config.ensemble_scheduling is None) != (kind != ENSEMBLE):
+        raise ConfigError(
+            'ensemble_scheduling is allowed, and needed, only with "platform": "ensemble"'
+        )
+    if kind != ONNX:
+        for key in ("input", "output"):
+            if not getattr(config, key):
+                raise ConfigError(
+                    f'a {kind} model must declare its "{key}" tensors (name, data_type, dims)'
+                )
+
+
 def parse_config(raw: Any) -> ModelConfig:
     """Validate a decoded config.json object; unknown keys are errors (typos must not pass)."""
     if not isinstance(raw, dict):
@@ -181,8 +388,35 @@ def parse_config(raw: Any) -> ModelConfig:
                 value = None
             else:
                 value = _provider_options(key, value, TENSORRT_OPTIONS)
+        elif key in ("name", "platform", "backend"):
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{key} must be a non-empty string, got {json.dumps(value)}")
+        elif key == "ensemble_scheduling":
+            value = _ensemble_scheduling(value)
+        elif key == "dynamic_batching":
+            if not isinstance(value, dict) or set(value) - {"max_queue_delay_microseconds"}:
+                raise ConfigError(
+                    'dynamic_batching must be {} or {"max_queue_delay_microseconds": '
+                    f"N}}, got {json.dumps(value)}"
+                )
+            if "max_queue_delay_microseconds" in value:
+                delay = _number(
+                    "dynamic_batching.max_queue_delay_microseconds",
+                    value["max_queue_delay_microseconds"],
+                    minimum=0,
+                    integer=True,
+                )
+                config.max_queue_delay_ms = delay / 1000.0
+        elif key == "instance_group":
+            config.instance_count = _instance_group(value)
         setattr(config, key, value)
     _check_gpu_agrees(config)
+    _check_kind(config)
+    if config.kind != ONNX and "max_batch_size" not in raw:
+        config.max_batch_size = 0  # Triton's default: a Triton config means what it meant there
+    for key in ("input", "output"):
+        if key in raw:
+            setattr(config, key, _io_list(key, raw[key], config.kind))
     return config
 
 
@@ -204,6 +438,15 @@ def load_config(model_dir: Path) -> ModelConfig:
     path = Path(model_dir) / CONFIG_FILE
     if not path.exists():
         return ModelConfig()
+    config = _read_config(path)
+    if config.name is not None and config.name != Path(model_dir).name:
+        raise ConfigError(
+            f"name {config.name!r} does not match the model folder {Path(model_dir).name!r}"
+        )
+    return config
+
+
+def _read_config(path: Path) -> ModelConfig:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

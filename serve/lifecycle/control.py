@@ -36,7 +36,7 @@ from serve.lifecycle.config import ConfigError, ModelConfig, load_config
 from serve.lifecycle.load_probe import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_TIMEOUT_S, probe_once
 from serve.lifecycle.names import validate_model_name
 from serve.lifecycle.registry import Model, ModelNotFound, ModelRegistry, ModelVersion, State
-from serve.lifecycle.repository import available_versions, select_versions
+from serve.lifecycle.repository import available_versions, missing_versions_error, select_versions
 from serve.observability import metrics
 from serve.settings import CONTROL_MODES, Settings
 
@@ -272,11 +272,11 @@ class ModelController:
             return None
         try:
             config = load_config(model_dir)
-            available = available_versions(model_dir)
+            available = available_versions(model_dir, config.kind)
             if not available and current_model is None:
                 return None  # not a model (yet): e.g. its first upload is still staging
             if not available:
-                raise ConfigError(f"no version folder with a model.onnx in {name!r}")
+                raise missing_versions_error(model_dir, config.kind)
             wanted = select_versions(available, config.version_policy)
         except (ConfigError, OSError) as exc:
             return self._config_failed(name, current_model, str(exc))

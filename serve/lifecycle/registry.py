@@ -19,9 +19,10 @@ import numpy as np
 
 from serve.core.batcher import Batcher
 from serve.lifecycle import runtime
-from serve.lifecycle.config import ModelConfig
+from serve.lifecycle.config import ENSEMBLE, ONNX, ModelConfig
 from serve.lifecycle.repository import scan_repository
 from serve.observability import metrics
+from serve.pipelines.classification import output_labels
 from serve.protocol.datatypes import numpy_dtype
 from serve.protocol.types import TensorSpec
 from serve.workers import readiness as worker_readiness
@@ -65,6 +66,10 @@ class ModelVersion:
     metadata: dict[str, str] = field(default_factory=dict)
     batching: bool = False
     batcher: Batcher | None = None
+    #: Class labels per output name, for the classification extension (serve.pipelines).
+    labels: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
+    #: Raises ModelNotReady while something the version needs is not ready (an ensemble's steps).
+    ready_check: Callable[[], None] | None = field(default=None, compare=False, repr=False)
     #: Loaded by model control beside a serving version: failing leaves the model serving, so
     #: it does not fail strict readiness (serve.lifecycle.control).
     update: bool = False
@@ -184,6 +189,10 @@ class ModelRegistry:
         #: Called with a model file before any session is created; raises to refuse it
         #: (serve.lifecycle.control: static checks and the load probe).
         self.vet: Callable[[Path], None] | None = None
+        #: Python models run only when the server was started with --allow-python-models;
+        #: each process gets this address-space limit (0: none).
+        self.allow_python_models = False
+        self.python_model_memory_bytes = 0
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -210,8 +219,9 @@ class ModelRegistry:
         return thread
 
     def _load_all(self) -> None:
-        try:
-            for model in self.models.values():
+        try:  # ensembles last: they are checked against their steps' loaded signatures
+            models = sorted(self.models.values(), key=lambda m: m.config.kind == ENSEMBLE)
+            for model in models:
                 for mv in model.versions.values():
                     self._load(mv)
         finally:
@@ -225,40 +235,17 @@ class ModelRegistry:
         device = config.device or self.device  # the ready gauge's label until it runs somewhere
         started = time.monotonic()
         try:
-            if self.vet is not None:
-                self.vet(mv.path)
-            threads = config.intra_op_threads or runtime.intra_op_threads(
-                self.workers, config.instance_count
-            )
-            sessions = [
-                runtime.create_session(
-                    mv.path,
-                    kind,
-                    threads,
-                    device_id=device_id,
-                    cuda_options=config.cuda,
-                    tensorrt_options=config.tensorrt,
-                )
-                for _ in range(config.instance_count)
-            ]
-            first = sessions[0]
-            mv.inputs, mv.outputs = first.inputs, first.outputs
-            mv.provider, mv.device, mv.metadata = first.provider, first.device, first.metadata
-            mv.batching = config.max_batch_size > 0 and all(
-                len(s.shape) > 0 and s.shape[0] == -1 for s in first.inputs
-            )
-            self._warm_up(mv, sessions)
-            mv.batcher = Batcher(
-                mv.name,
-                str(mv.version),
-                [s.run for s in sessions],
-                max_batch_size=config.max_batch_size,
-                max_queue_delay_ms=config.max_queue_delay_ms,
-                max_queue_size=config.max_queue_size,
-                batching=mv.batching,
-            )
+            if config.kind == ONNX:
+                self._load_onnx(mv, kind, device_id)
+            else:  # Python models and ensembles (serve.pipelines)
+                from serve.pipelines.loading import load_pipeline_model
+
+                load_pipeline_model(self, mv)
+            mv.labels = output_labels(mv.path.parent.parent, config, [s.name for s in mv.outputs])
         except Exception as exc:
-            mv.state, mv.reason = State.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+            verbatim = getattr(exc, "verbatim", False)  # the reason says it all (pipelines)
+            mv.state = State.UNAVAILABLE
+            mv.reason = str(exc) if verbatim else f"{type(exc).__name__}: {exc}"
             metrics.MODEL_READY.labels(mv.name, str(mv.version), device).set(0)
             metrics.MODEL_LOAD_FAILURES.labels(mv.name).inc()
             log.error("model %s version %s failed to load: %s", mv.name, mv.version, mv.reason)
@@ -275,6 +262,41 @@ class ModelRegistry:
             mv.provider,
             f"up to {config.max_batch_size}" if mv.batching else "off",
             elapsed,
+        )
+
+    def _load_onnx(self, mv: ModelVersion, kind: str, device_id: int | None) -> None:
+        config = mv.config
+        if self.vet is not None:
+            self.vet(mv.path)
+        threads = config.intra_op_threads or runtime.intra_op_threads(
+            self.workers, config.instance_count
+        )
+        sessions = [
+            runtime.create_session(
+                mv.path,
+                kind,
+                threads,
+                device_id=device_id,
+                cuda_options=config.cuda,
+                tensorrt_options=config.tensorrt,
+            )
+            for _ in range(config.instance_count)
+        ]
+        first = sessions[0]
+        mv.inputs, mv.outputs = first.inputs, first.outputs
+        mv.provider, mv.device, mv.metadata = first.provider, first.device, first.metadata
+        mv.batching = config.max_batch_size > 0 and all(
+            len(s.shape) > 0 and s.shape[0] == -1 for s in first.inputs
+        )
+        self._warm_up(mv, sessions)
+        mv.batcher = Batcher(
+            mv.name,
+            str(mv.version),
+            [s.run for s in sessions],
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_ms=config.max_queue_delay_ms,
+            max_queue_size=config.max_queue_size,
+            batching=mv.batching,
         )
 
     def _warm_up(self, mv: ModelVersion, sessions: list[runtime.Session]) -> None:
@@ -355,4 +377,6 @@ class ModelRegistry:
             raise ModelNotReady(
                 f"model {name!r} version {mv.version} is unavailable: {mv.reason}", False
             )
+        if mv.ready_check is not None:
+            mv.ready_check()
         return mv

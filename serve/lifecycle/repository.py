@@ -10,9 +10,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.lifecycle.config import ConfigError, ModelConfig, load_config
+from serve.lifecycle.config import ENSEMBLE, ONNX, PYTHON, ConfigError, ModelConfig, load_config
 
 MODEL_FILE = "model.onnx"
+#: The file a version folder holds, per model kind; an ensemble's version folder may be empty
+#: (its versions are named by a placeholder path inside the folder).
+MODEL_FILES = {ONNX: MODEL_FILE, PYTHON: "model.py", ENSEMBLE: None}
+_ENSEMBLE_PLACEHOLDER = "ensemble"
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -27,14 +31,29 @@ class ModelEntry:
     error: str | None = None
 
 
-def available_versions(model_dir: Path) -> dict[int, Path]:
-    """Positive-integer version folders holding a model.onnx; other folders are ignored."""
+def available_versions(model_dir: Path, kind: str = ONNX) -> dict[int, Path]:
+    """Positive-integer version folders holding the kind's model file (model.onnx, model.py;
+    any for an ensemble); other folders are ignored."""
+    model_file = MODEL_FILES[kind]
     versions = {}
     for child in model_dir.iterdir():
         is_version = child.name.isdigit() and int(child.name) > 0
-        if is_version and (child / MODEL_FILE).is_file():
-            versions[int(child.name)] = child / MODEL_FILE
+        if is_version and model_file is None and child.is_dir():
+            versions[int(child.name)] = child / _ENSEMBLE_PLACEHOLDER
+        elif is_version and model_file is not None and (child / model_file).is_file():
+            versions[int(child.name)] = child / model_file
     return versions
+
+
+def missing_versions_error(model_dir: Path, kind: str) -> ConfigError:
+    """No version folder: what the kind expects to find."""
+    model_file = MODEL_FILES[kind]
+    if model_file is None:
+        return ConfigError(
+            f"no version folder (expected {model_dir.name}/1/, empty for an ensemble)"
+        )
+    expected = f"{model_dir.name}/1/{model_file}"
+    return ConfigError(f"no version folder with a {model_file} (expected {expected})")
 
 
 def select_versions(available: dict[int, Path], policy: dict) -> dict[int, Path]:
@@ -69,10 +88,9 @@ def scan_repository(root: str | Path) -> list[ModelEntry]:
         entry = ModelEntry(model_dir.name, model_dir, ModelConfig())
         try:
             entry.config = load_config(model_dir)
-            available = available_versions(model_dir)
+            available = available_versions(model_dir, entry.config.kind)
             if not available:
-                expected = f"{model_dir.name}/1/{MODEL_FILE}"
-                raise ConfigError(f"no version folder with a {MODEL_FILE} (expected {expected})")
+                raise missing_versions_error(model_dir, entry.config.kind)
             entry.versions = select_versions(available, entry.config.version_policy)
         except ConfigError as exc:
             entry.error = str(exc)

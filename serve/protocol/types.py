@@ -50,10 +50,12 @@ class InferInput:
 
 @dataclass
 class RequestedOutput:
-    """An output the client asked for; `binary` returns it in the binary tensor extension."""
+    """An output the client asked for; `binary` returns it in the binary tensor extension;
+    `classification` > 0 returns its top K classes instead (the classification extension)."""
 
     name: str
     binary: bool
+    classification: int = 0
 
 
 @dataclass

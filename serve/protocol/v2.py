@@ -29,7 +29,6 @@ MAX_RANK = 32
 _MAX_EXTENT = 2**48  # elements; far beyond any body size limit
 _UNSUPPORTED_PARAMETERS = {
     "shared_memory_region": "shared memory",
-    "classification": "classification",
 }
 
 
@@ -263,7 +262,12 @@ def _decode_outputs(value: Any, binary_output: bool) -> list[RequestedOutput] | 
         binary = parameters.get("binary_data", binary_output)
         if not isinstance(binary, bool):
             raise ProtocolError(400, f"{what}: 'binary_data' must be true or false")
-        outputs.append(RequestedOutput(name, binary))
+        classes = parameters.get("classification", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise ProtocolError(
+                400, f"{what}: 'classification' must be a positive integer (the top K classes)"
+            )
+        outputs.append(RequestedOutput(name, binary, classes))
     return outputs or None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 
+import numpy as np
 from flask import Blueprint, Response, request
 
 from serve.http.views.common import (
@@ -21,15 +22,22 @@ from serve.http.views.common import (
 )
 from serve.lifecycle.registry import ModelVersion, State
 from serve.observability import accesslog, metrics
+from serve.pipelines.classification import classify
 from serve.protocol import jsondata, v2
-from serve.protocol.types import InferRequest, ProtocolError
+from serve.protocol.types import InferRequest, ProtocolError, RequestedOutput
 from serve.protocol.validate import validate_request
 from serve.workers.drain import draining
 
 bp = Blueprint("v2", __name__)
 
 SERVER_NAME = "tapeserve"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository", "parameters"]
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "model_repository",
+    "parameters",
+]
 
 
 @bp.get("/v2/health/live")
@@ -71,7 +79,7 @@ def model_metadata(name: str, version: str | None = None) -> Response:
     model = server().registry.model(name)
     ready_versions = [str(v) for v, m in model.versions.items() if m.state is State.READY]
     return json_response(
-        v2.model_metadata(name, ready_versions, v2.PLATFORM, mv.inputs, mv.outputs)
+        v2.model_metadata(name, ready_versions, mv.config.platform_name, mv.inputs, mv.outputs)
     )
 
 
@@ -104,8 +112,8 @@ def model_config(name: str, version: str | None = None) -> Response:
     mv = loaded[-1] if loaded else None
     doc = {
         "name": name,
-        "platform": v2.PLATFORM,
-        "backend": "onnxruntime",
+        "platform": config.platform_name,
+        "backend": config.backend_name,
         "max_batch_size": mv.max_batch_size if mv else config.max_batch_size,
         "dynamic_batching": {
             "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
@@ -280,8 +288,17 @@ def answer_infer(
         ]
     else:
         index = {s.name: i for i, s in enumerate(mv.outputs)}
-        chosen = [(o.name, results[index[o.name]], o.binary) for o in req.outputs]
+        chosen = [
+            (o.name, _classified(mv, o, results[index[o.name]]), o.binary) for o in req.outputs
+        ]
     return v2.encode_infer(mv.name, str(mv.version), req.id, chosen)
+
+
+def _classified(mv: ModelVersion, out: RequestedOutput, result: np.ndarray) -> np.ndarray:
+    """The output as asked: its top K classes when the request set `classification`."""
+    if not out.classification:
+        return result
+    return classify(result, out.classification, mv.labels.get(out.name), mv.max_batch_size > 0)
 
 
 bp.add_url_rule("/v2/models/<name>/infer", "infer", observed("v2", _infer), methods=["POST"])

@@ -1,0 +1,6 @@
+"""Answers no request: execute must return one response per request."""
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        return []
