@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 from prometheus_client import Histogram
 
-from serve.observability import metrics
 from serve.core.batcher import DeadlineExceeded, QueueFull
 from serve.lifecycle.config import V2_TO_TRITON, ModelConfig, declared_specs
 from serve.lifecycle.registry import ModelNotFound, ModelNotReady, ModelRegistry, ModelVersion
+from serve.lifecycle.runtime import InferenceError
+from serve.observability import metrics
 from serve.pipelines import inprocess
 from serve.protocol.types import ProtocolError, TensorSpec
-from serve.lifecycle.runtime import InferenceError
 
 STEP_DURATION = Histogram(
     "tapeserve_ensemble_step_duration_seconds",

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from serve.observability import metrics
 from serve.lifecycle.registry import ModelRegistry, ModelVersion
+from serve.observability import metrics
 from serve.protocol.datatypes import datatype_of
 from serve.protocol.types import InferInput, InferRequest, RequestedOutput
 from serve.protocol.validate import validate_request

@@ -1,7 +1,7 @@
 """Loading the model kinds that are not ONNX files: Python models and ensembles.
 
-Called by the registry (serve.models) in place of session creation; fills the ModelVersion the
-same way, so every front door serves them as it serves ONNX models.
+Called by the registry (serve.lifecycle.registry) in place of session creation; fills the
+ModelVersion the same way, so every front door serves them as it serves ONNX models.
 """
 
 from __future__ import annotations

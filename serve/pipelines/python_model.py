@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from serve.lifecycle.config import TRITON_TO_V2, ModelConfig, declared_specs
+from serve.lifecycle.runtime import InferenceError
 from serve.pipelines import wire
 from serve.protocol.datatypes import datatype_of
 from serve.protocol.types import TensorSpec
-from serve.lifecycle.runtime import InferenceError
 
 log = logging.getLogger("tapeserve.python_model")
 
