@@ -41,11 +41,11 @@ from flask import Blueprint, Flask, Response, current_app, request
 from serve.http import name_guard
 from serve.http.views.common import error_response, json_response, read_body
 from serve.lifecycle.checks import ModelRejected
-from serve.lifecycle.config import CONFIG_FILE, ConfigError, parse_config
+from serve.lifecycle.config import CONFIG_FILE, PYTHON, ConfigError, parse_config
 from serve.lifecycle.control import ControlSettings, ModelController, vet_model
 from serve.lifecycle.names import InvalidName, validate_model_name, validate_version
 from serve.lifecycle.registry import ModelNotFound, ModelRegistry, State
-from serve.lifecycle.repository import MODEL_FILE
+from serve.lifecycle.repository import MODEL_FILE, MODEL_FILES
 from serve.protocol.types import ProtocolError
 from serve.settings import Settings
 
@@ -180,6 +180,7 @@ def load(name: str) -> Response:
     """Load (or reload) a model; files in the body are vetted and written first."""
     _require_mode("explicit")
     files, config = _parse_load_body()
+    _refuse_python_models(name, files, config)
     if config is not None:
         _write_config(name, config)
     for version, version_files in sorted(files.items()):
@@ -244,6 +245,23 @@ def _model_answer(name: str, model, status: int) -> Response:
     return json_response({"name": name, "versions": rows}, status)
 
 
+PYTHON_MODEL_FILE = MODEL_FILES[PYTHON]
+
+
+def _refuse_python_models(name: str, files: dict[int, dict[str, bytes]], config: dict | None):
+    """A Python model through the admin API is code sent to the server to run: refused (403)
+    unless the server was started with --allow-python-models."""
+    if _state().controller.registry.allow_python_models:
+        return
+    sends_code = any(PYTHON_MODEL_FILE in f for f in files.values())
+    if sends_code or (config is not None and parse_config(config).kind == PYTHON):
+        raise ProtocolError(
+            403,
+            f"model {name!r} is a Python model: its model.py would run as code in this server, "
+            "which accepts Python models only when started with --allow-python-models",
+        )
+
+
 def _parse_load_body() -> tuple[dict[int, dict[str, bytes]], dict | None]:
     """Triton's load parameters: `config` (JSON text) and `file:<version>/<name>` (base64)."""
     body = read_body()
@@ -280,8 +298,12 @@ def _parse_load_body() -> tuple[dict[int, dict[str, bytes]], dict | None]:
                 400, f"unknown load parameter {key!r}; expected 'config' or 'file:<version>/<name>'"
             )
     for version, version_files in files.items():
-        if MODEL_FILE not in version_files:
-            raise ProtocolError(400, f"files for version {version} must include {MODEL_FILE}")
+        if MODEL_FILE not in version_files and PYTHON_MODEL_FILE not in version_files:
+            raise ProtocolError(
+                400,
+                f"files for version {version} must include {MODEL_FILE} (or a Python "
+                f"model's {PYTHON_MODEL_FILE})",
+            )
     return files, config
 
 
@@ -318,7 +340,8 @@ def _publish_version(name: str, version: int, files: dict[str, bytes]) -> None:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
-        vet_model(staging / MODEL_FILE, controller.settings)
+        if MODEL_FILE in files:  # a Python model's code is not vetted: it is trusted or refused
+            vet_model(staging / MODEL_FILE, controller.settings)
         os.chmod(staging, 0o755)
         try:
             os.rename(staging, target)  # atomic; fails if the version appeared meanwhile

@@ -267,9 +267,9 @@ ERRORS = [
         "'binary_data' must be true or false",
     ),
     (
-        _body(_tensor(), outputs=[{"name": "y", "parameters": {"classification": 2}}]),
+        _body(_tensor(), outputs=[{"name": "y", "parameters": {"classification": -2}}]),
         400,
-        "classification is not supported",
+        "'classification' must be a positive integer",
     ),
     (
         _body({**_tensor(), "parameters": {"shared_memory_region": "r"}}),
