@@ -111,6 +111,8 @@ class PythonModelInstance:
     def start(self) -> None:
         """Start the process and initialize the model; PythonModelError with the reason."""
         parent, child = socket.socketpair()
+        wire.tune(parent)
+        wire.tune(child)
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env.setdefault(var, "1")  # one worker's share of the CPU, as ORT's sessions get
