@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.lifecycle.checks import CheckLimits, ModelRejected, check_model_file
-from serve.lifecycle.config import ConfigError, ModelConfig, load_config
+from serve.lifecycle.config import ENSEMBLE, ConfigError, ModelConfig, load_config
 from serve.lifecycle.load_probe import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_TIMEOUT_S, probe_once
 from serve.lifecycle.names import validate_model_name
 from serve.lifecycle.registry import Model, ModelNotFound, ModelRegistry, ModelVersion, State
@@ -201,8 +201,8 @@ class ModelController:
             present = set()
             with contextlib.suppress(OSError):
                 present = {p.name for p in root.iterdir() if p.is_dir() and _valid_name(p.name)}
-            for name in sorted(present):
-                self._sync_model(name, settle=True)
+            for name in sorted(present, key=lambda n: (_is_ensemble(root / n), n)):
+                self._sync_model(name, settle=True)  # ensembles after the models they run
             for name in sorted(set(self.registry.models) - present):
                 self._remove(name)
 
@@ -396,6 +396,13 @@ def close_when_idle(versions: list[ModelVersion], timeout_s: float) -> None:
                 timeout_s,
             )
         mv.batcher.close()  # type: ignore[union-attr]  (queued work still drains)
+
+
+def _is_ensemble(model_dir: Path) -> bool:
+    try:
+        return load_config(model_dir).kind == ENSEMBLE
+    except (ConfigError, OSError):
+        return False
 
 
 def _same(a: dict[int, ModelVersion], b: dict[int, ModelVersion]) -> bool:

@@ -10,6 +10,7 @@ signature is checked again before it runs. The graph is checked when the ensembl
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass
 
@@ -92,6 +93,7 @@ class Ensemble:
         self.waves: list[list[Step]] = []
         #: Step model versions the graph was last checked against (re-checked when one changes).
         self._checked: dict[int, ModelVersion] = {}
+        self._lock = threading.Lock()
         self.validate()
 
     # -- load-time checks -----------------------------------------------------------------
@@ -193,15 +195,16 @@ class Ensemble:
         producer, outputs never written and tensors never read are refused too."""
         ready = {s.name for s in self.inputs}
         pending = list(self.steps)
-        self.waves = []
+        waves: list[list[Step]] = []
         while pending:
             wave = [s for s in pending if set(s.input_map.values()) <= ready]
             if not wave:
                 break
-            self.waves.append(wave)
+            waves.append(wave)
             for step in wave:
                 ready |= set(step.output_map.values())
             pending = [s for s in pending if s not in wave]
+        self.waves = waves  # one assignment: requests running meanwhile see old or new
         where = f"in ensemble {self.name},"
         problems = []
         if pending:
@@ -242,9 +245,13 @@ class Ensemble:
         return {name: tensors[tensor] for name, tensor in step.input_map.items()}
 
     def _recheck(self, step: Step, mv: ModelVersion) -> None:
-        if self._checked.get(step.index) is not mv:
+        if self._checked.get(step.index) is mv:
+            return
+        with self._lock:  # a step model was reloaded: its signature may have changed
+            if self._checked.get(step.index) is mv:
+                return
             try:
-                self.validate()  # a step model was reloaded: its signature may have changed
+                self.validate()
             except EnsembleError as exc:
                 raise InferenceError(str(exc), 503) from None
 

@@ -14,6 +14,8 @@ import os
 import resource
 import socket
 import sys
+import threading
+import time
 import traceback
 from typing import Any
 
@@ -143,7 +145,17 @@ def serve(sock: socket.socket) -> int:
             wire.send(sock, ("failed", last_line(exc) + _where(exc)))
 
 
+def _exit_with_parent() -> None:
+    """End when the worker that started this process is gone (killed while the model hangs, so
+    no end of stream reaches the main thread)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def main() -> None:
+    threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
     sock = socket.socket(fileno=int(sys.argv[1]))
     os._exit(serve(sock))  # no atexit work of the model's libraries after the answer
 

@@ -161,3 +161,43 @@ def test_python_models_are_refused_without_the_flag(tapeserve_server, tmp_path) 
     assert probes.infer(server.url, "add_sub", [probes.fp32("INPUT0", [probes.A]),
                         probes.fp32("INPUT1", [probes.B])])["status"] == 503  # fmt: skip
     assert "python model" not in server.log()
+
+
+def test_a_killed_worker_leaves_no_model_process_behind(tapeserve_server, tmp_path) -> None:
+    """The worker dies while its Python model hangs: the model's process ends too, and the
+    replacement worker serves the model again."""
+    import os
+    import re
+    import signal
+
+    server = tapeserve_server(build_repository(tmp_path), extra_args=["--allow-python-models"])
+    line = next(ln for ln in server.log().splitlines() if "python model hanger" in ln)
+    worker, child = (int(p) for p in re.search(r"\[(\d+)\] .*process (\d+) ready", line).groups())
+    doc = {"inputs": _x(1), "parameters": {"timeout": 60_000_000}}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(requests.post, f"{server.url}/v2/models/hanger/infer", json=doc,
+                              timeout=60)  # fmt: skip
+        time.sleep(0.5)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(child):
+            time.sleep(0.1)
+        assert not _running(child), "the model's process outlived its worker"
+        with pytest.raises(requests.RequestException):
+            pending.result()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = probes.infer(server.url, "hanger", _x(3))
+        if answer["status"] == 200:
+            break
+        time.sleep(0.5)
+    assert answer["status"] == 200
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
