@@ -155,3 +155,12 @@ def test_step_reloaded_under_load_with_zero_failed_requests(tapeserve_server, tm
     assert len(statuses) > 50 and set(statuses) == {200}, sorted(set(statuses))
     assert re.search(r"model mlp now serves version\(s\) \[2\]", server.log())
     assert json.loads(requests.get(f"{url}/v2/models/onnx_pair/ready", timeout=5).text)["ready"]
+
+
+def test_tf_serving_predict_runs_ensembles_and_python_models(pipelines_server) -> None:
+    doc = {"instances": [{"A": probes.A, "B": probes.B}]}
+    r = pipelines_server.post("/v1/models/ens_two:predict", json=doc)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"predictions": [[3.0, 5.0, 7.0, 9.0]]}
+    r = pipelines_server.post("/v1/models/double:predict", json={"instances": [probes.A]})
+    assert r.json() == {"predictions": [[2.0, 4.0, 6.0, 8.0]]}
