@@ -36,6 +36,10 @@ def test_metadata_and_readiness(pipelines_server: RunningServer) -> None:
     config = pipelines_server.get("/v2/models/ens_two/config").json()
     assert config["platform"] == "ensemble"
     assert config["config"]["ensemble_scheduling"]["step"][0]["model_name"] == "add_sub"
+    page = pipelines_server.get("/")
+    assert page.status_code == 200 and "ens_two" in page.text and "ens_cycle" in page.text
+    stats = pipelines_server.get("/v2/models/ens_two/stats")
+    assert stats.status_code == 200 and stats.json()["model_stats"][0]["name"] == "ens_two"
 
 
 def test_a_failing_step_fails_the_request_naming_the_step(pipelines_server) -> None:
