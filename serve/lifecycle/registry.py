@@ -147,7 +147,7 @@ def _warmup_inputs(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _sample_inputs(sample: dict[str, Any], specs: list[TensorSpec]) -> dict[str, np.ndarray]:
+def sample_inputs(sample: dict[str, Any], specs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """A warm-up sample of config.json as session feeds, typed by the model's declared inputs."""
     by_name = {s.name: s for s in specs}
     unknown = sorted(set(sample) - set(by_name))
@@ -307,7 +307,7 @@ class ModelRegistry:
         if isinstance(warmup, list):
             for i, sample in enumerate(warmup):
                 try:
-                    feeds = _sample_inputs(sample, mv.inputs)
+                    feeds = sample_inputs(sample, mv.inputs)
                     for session in sessions:
                         session.run(feeds)
                 except Exception as exc:

@@ -10,7 +10,7 @@ import threading
 
 from serve.core.batcher import Batcher
 from serve.lifecycle.config import ENSEMBLE, PYTHON, declared_specs
-from serve.lifecycle.registry import ModelRegistry, ModelVersion
+from serve.lifecycle.registry import ModelRegistry, ModelVersion, sample_inputs
 from serve.pipelines import inprocess
 from serve.pipelines.ensemble import Ensemble
 from serve.pipelines.python_model import (
@@ -39,6 +39,7 @@ def load_pipeline_model(registry: ModelRegistry, mv: ModelVersion) -> None:
         mv.provider = "ensemble"
         mv.batcher = ensemble  # type: ignore[assignment]
         mv.ready_check = ensemble.check_ready
+        warm_up(mv)
         return
     assert config.kind == PYTHON
     if not registry.allow_python_models:
@@ -69,6 +70,23 @@ def load_pipeline_model(registry: ModelRegistry, mv: ModelVersion) -> None:
         batching=mv.batching,
         per_request=True,
     )
+    try:
+        warm_up(mv)
+    except Exception:
+        mv.batcher.close()
+        raise
+
+
+def warm_up(mv: ModelVersion) -> None:
+    """Run the config's warm-up samples (`"warmup": [...]`); each must succeed. A Python model
+    or an ensemble gets no synthesized warm-up: zeros are rarely valid input to such code."""
+    if not isinstance(mv.config.warmup, list):
+        return
+    for i, sample in enumerate(mv.config.warmup):
+        try:
+            mv.batcher.infer(sample_inputs(sample, mv.inputs))  # type: ignore[union-attr]
+        except Exception as exc:
+            raise RuntimeError(f"warm-up sample {i} failed: {exc}") from exc
 
 
 class ProcessBatcher(Batcher):

@@ -60,6 +60,11 @@ def build_repository(root: Path) -> Path:
     (leaker / "1" / "model.py").write_text(LEAKER)
     config = json.loads((root / "double" / "config.json").read_text())
     (leaker / "config.json").write_text(json.dumps({**config, "name": "leaker"}))
+    for name, first in (("raiser_warm_bad", 1.0), ("raiser_warm_good", 3.0)):
+        shutil.copytree(root / "raiser", root / name)
+        config = json.loads((root / name / "config.json").read_text())
+        config.update(name=name, warmup=[{"X": {"shape": [1, 4], "data": [first, 0, 0, 0]}}])
+        (root / name / "config.json").write_text(json.dumps(config))
     onnx_ensemble(root)
     return root
 

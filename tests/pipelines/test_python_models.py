@@ -87,6 +87,14 @@ def test_import_and_initialize_errors_make_the_model_unavailable(pipelines_serve
     assert response.status_code == 503
 
 
+def test_warm_up_samples_must_run(pipelines_server) -> None:
+    rows = {r["name"]: r for r in pipelines_server.post("/v2/repository/index").json()}
+    assert rows["raiser_warm_good"]["state"] == "READY"
+    assert rows["raiser_warm_bad"]["state"] == "UNAVAILABLE"
+    assert rows["raiser_warm_bad"]["reason"].startswith("RuntimeError: warm-up sample 0 failed: ")
+    assert "ValueError: X[0] == 1 is not allowed" in rows["raiser_warm_bad"]["reason"]
+
+
 def _x(first: float) -> list[dict]:
     return [probes.fp32("X", [[first, 0, 0, 0]])]
 
