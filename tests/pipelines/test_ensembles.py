@@ -168,3 +168,27 @@ def test_tf_serving_predict_runs_ensembles_and_python_models(pipelines_server) -
     assert r.json() == {"predictions": [[3.0, 5.0, 7.0, 9.0]]}
     r = pipelines_server.post("/v1/models/double:predict", json={"instances": [probes.A]})
     assert r.json() == {"predictions": [[2.0, 4.0, 6.0, 8.0]]}
+
+
+def test_gthread_workers_run_ensembles_in_request_threads(tapeserve_server, tmp_path) -> None:
+    """--worker-class gthread: the steps run one after the other in the request's thread
+    (Ensemble.infer) instead of on the event loop; the same answers."""
+    from tests.pipelines.conftest import build_repository
+
+    server = tapeserve_server(
+        build_repository(tmp_path),
+        extra_args=["--allow-python-models", "--worker-class", "gthread"],
+    )
+    for name in ("ens_two", "ens_three"):
+        ours = probes.infer(server.url, name, AB)
+        theirs = TRITON[f"{name} infer"]
+        assert {o["name"]: o for o in ours["body"]["outputs"]} == {
+            o["name"]: o for o in theirs["body"]["outputs"]
+        }
+    refused = probes.infer(server.url, "ens_fail", [probes.fp32("A", [[2, 0, 0, 0]]),
+                                                    probes.fp32("B", [[0, 0, 0, 0]])])  # fmt: skip
+    assert refused["status"] == 400 and "step 1:raiser failed" in refused["body"]["error"]
+    name = {"name": "MODEL_NAME", "datatype": "BYTES", "shape": [1, 1], "data": ["add_sub"]}
+    inputs = [probes.fp32("INPUT0", [probes.A]), probes.fp32("INPUT1", [probes.B]), name]
+    bls = probes.infer(server.url, "bls", inputs)
+    assert bls == TRITON["bls add_sub"]
