@@ -1,7 +1,8 @@
-"""The Flask application factory Gunicorn runs in each worker: `serve.app:create_app()`.
+"""What Gunicorn loads in each worker: `serve.app:create_app()`.
 
 Everything happens in the worker, after the fork: the model registry starts loading in a
-background thread, so liveness answers while models load.
+background thread (liveness answers while models load), the inference core is built over it,
+and the front doors over the core.
 """
 
 from __future__ import annotations
@@ -9,15 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable, Iterable
 
 from flask import Flask
 
-from serve.http import admin
-from serve.http.views import status, tfserving, v2
-from serve.http.views.common import Server, register_error_handlers
-from serve.lifecycle.control import RUNTIME_DIR_ENV
+from serve.core.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, read_token
+from serve.core.inference import InferenceCore
+from serve.http.app import create_flask_app
+from serve.http.fast_path import TapeserveASGI
+from serve.lifecycle.control import RUNTIME_DIR_ENV, ControlSettings, ModelController
 from serve.lifecycle.registry import ModelRegistry
-from serve.observability import accesslog
 from serve.settings import Settings
 
 
@@ -33,13 +35,31 @@ def _configure_logging(level: str) -> None:
         logger.propagate = False
 
 
-def create_app(settings: Settings | None = None) -> Flask:
-    """Build the app for `settings` (default: TAPESERVE_* env vars) and start loading models."""
+class WorkerApp:
+    """One worker's server: its inference core and the front doors over it.
+
+    A WSGI callable (the Flask app: what the gthread worker serves); the async worker serves
+    `asgi()`, which answers inference on its event loop.
+    """
+
+    def __init__(self, core: InferenceCore, flask_app: Flask, controller: ModelController) -> None:
+        self.core = core
+        self.flask_app = flask_app
+        self.controller = controller
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        return self.flask_app(environ, start_response)
+
+    def asgi(self, threads: int = 8) -> TapeserveASGI:
+        """The ASGI app of the async worker (`threads` run the Flask endpoints)."""
+        return TapeserveASGI(self.core, self.flask_app, threads)
+
+
+def create_app(settings: Settings | None = None) -> WorkerApp:
+    """Build this worker's server for `settings` (default: TAPESERVE_* env vars) and start
+    loading models."""
     settings = settings or Settings.from_env()
     _configure_logging(settings.log_level)
-    app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_size
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     registry = ModelRegistry(
         settings.model_repository,
         settings.device,
@@ -48,14 +68,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     registry.allow_python_models = settings.allow_python_models
     registry.python_model_memory_bytes = settings.python_model_memory_mb * 1024**2
-    app.extensions["tapeserve"] = Server(settings, registry)
-    for blueprint in (v2.bp, tfserving.bp, status.bp):
-        app.register_blueprint(blueprint)
-    register_error_handlers(app)
-    accesslog.init_app(app, settings.log_level)  # JSON access log lines, X-Request-ID
-    admin.init_model_control(app, settings, registry)  # vetting, name guard, admin plane, modes
+    controller = ModelController(registry, ControlSettings.from_settings(settings))
+    registry.vet = controller.vet  # static checks and the load probe before any session
+    core = InferenceCore(
+        registry,
+        settings,
+        read_token(settings.inference_token_file or None, INFERENCE_TOKEN_ENV),
+    )
+    admin_token = read_token(settings.admin_token_file or None, ADMIN_TOKEN_ENV)
+    flask_app = create_flask_app(core, controller, admin_token)
+    controller.start()
     logging.getLogger("tapeserve").info(
         "loading models from %s (device %s)", settings.model_repository, settings.device
     )
     registry.start()
-    return app
+    return WorkerApp(core, flask_app, controller)

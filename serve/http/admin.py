@@ -11,21 +11,18 @@ Endpoints (the V2 model-repository extension, plus an upload):
 `POST /v2/repository/index` stays public and read-only (serve.http.views.v2). The admin endpoints
 work only when an admin token is configured (`--admin-token-file` or TAPESERVE_ADMIN_TOKEN) and the
 request carries `Authorization: Bearer <token>`: 401 without it, 403 when wrong (compared in
-constant time). With no token configured they answer 403 saying the admin plane is disabled. Names
-are validated (400) before anything touches the file system. An upload is written into a hidden
-staging folder beside the model's versions, vetted there (static checks and load probe), then
-renamed into place, so the repository never holds a partial or unvetted version; an existing version
-is never overwritten (409).
-
-Optionally the inference endpoints require their own token (`--inference-token-file` or
-TAPESERVE_INFERENCE_TOKEN).
+constant time, serve.core.auth). With no token configured they answer 403 saying the admin plane
+is disabled. Names are validated (400) before anything touches the file system. An upload is
+written into a hidden staging folder beside the model's versions, vetted there (static checks and
+load probe), then renamed into place, so the repository never holds a partial or unvetted
+version; an existing version is never overwritten (409). Errors are answered through the core's
+one error table.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 import os
@@ -38,21 +35,17 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from serve.http import name_guard
+from serve.core.auth import ADMIN_TOKEN_ENV, check_bearer
+from serve.core.errors import Code, ServeError
 from serve.http.views.common import error_response, json_response, read_body
-from serve.lifecycle.checks import ModelRejected
-from serve.lifecycle.config import CONFIG_FILE, PYTHON, ConfigError, parse_config
-from serve.lifecycle.control import ControlSettings, ModelController, vet_model
+from serve.lifecycle.config import CONFIG_FILE, PYTHON, parse_config
+from serve.lifecycle.control import ModelController, vet_model
 from serve.lifecycle.names import InvalidName, validate_model_name, validate_version
-from serve.lifecycle.registry import ModelNotFound, ModelRegistry, State
+from serve.lifecycle.registry import State
 from serve.lifecycle.repository import MODEL_FILE, MODEL_FILES
 from serve.protocol.types import ProtocolError
-from serve.settings import Settings
 
-ADMIN_TOKEN_ENV = "TAPESERVE_ADMIN_TOKEN"
-INFERENCE_TOKEN_ENV = "TAPESERVE_INFERENCE_TOKEN"
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_INFERENCE_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$|^/v1/models/.+:\w+$")
 
 bp = Blueprint("admin", __name__)
 log = logging.getLogger("tapeserve.admin")
@@ -60,74 +53,20 @@ log = logging.getLogger("tapeserve.admin")
 
 @dataclass(frozen=True)
 class AdminState:
-    """What the admin views need: the tokens (None = off) and this worker's model controller."""
+    """What the admin views need: the admin token (None = off), this worker's model controller."""
 
     admin_token: str | None
-    inference_token: str | None
     controller: ModelController
 
 
-def read_token(path: str | None, env_var: str, environ: dict[str, str] | None = None) -> str | None:
-    """The token from `path` (whitespace stripped) or else from `env_var`; None when neither.
-
-    An empty token file or variable is an error: it would otherwise silently turn auth off.
-    """
-    environ = os.environ if environ is None else environ
-    if path:
-        try:
-            token = Path(path).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read token file {path!r}: {exc.strerror}") from None
-        if not token:
-            raise ValueError(f"token file {path!r} is empty")
-        return token
-    if env_var in environ:
-        token = environ[env_var].strip()
-        if not token:
-            raise ValueError(f"{env_var} is set but empty")
-        return token
-    return None
-
-
 def init_app(app: Flask, state: AdminState) -> None:
-    """Register the admin endpoints and, when configured, the inference token check."""
+    """Register the admin endpoints."""
     app.extensions["tapeserve.admin"] = state
     app.register_blueprint(bp)
-    if state.inference_token is not None:
-        app.before_request(_require_inference_token)
 
 
 def _state() -> AdminState:
     return current_app.extensions["tapeserve.admin"]
-
-
-def _check_bearer(expected: str, realm: str) -> Response | None:
-    """None when the request carries `Authorization: Bearer <expected>`, else the 401/403."""
-    refused = bearer_refusal(request.headers.get("Authorization", ""), expected, realm)
-    return None if refused is None else error_response(*refused)
-
-
-def bearer_refusal(
-    authorization: str, expected: str, realm: str
-) -> tuple[int, str, dict[str, str] | None] | None:
-    """None when `authorization` is `Bearer <expected>`, else the 401/403 status, message and
-    headers (every front end answers a missing or wrong token alike)."""
-    scheme, _, given = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        return (
-            401,
-            f"{realm} requires a token: send 'Authorization: Bearer <token>'",
-            {"WWW-Authenticate": f'Bearer realm="tapeserve-{realm.split()[0]}"'},
-        )
-    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        return 403, f"the {realm} token is not valid", None
-    return None
-
-
-def _require_inference_token() -> Response | None:
-    if not _INFERENCE_PATH.match(request.path):
-        return None
-    return _check_bearer(_state().inference_token or "", "inference API")
 
 
 def admin_only(view: Callable[..., Response]) -> Callable[..., Response]:
@@ -137,27 +76,16 @@ def admin_only(view: Callable[..., Response]) -> Callable[..., Response]:
     def wrapped(**kwargs: str) -> Response:
         token = _state().admin_token
         if token is None:
-            return error_response(
-                403,
+            raise ServeError(
+                Code.PERMISSION_DENIED,
                 "the admin plane is disabled: start tapeserve with --admin-token-file FILE "
                 f"or {ADMIN_TOKEN_ENV} to enable model load, unload and upload",
             )
-        denied = _check_bearer(token, "admin API")
-        if denied is not None:
-            return denied
-        try:
-            validate_model_name(kwargs["name"])
-            if "version" in kwargs:
-                validate_version(kwargs["version"])
-            return view(**kwargs)
-        except (InvalidName, ConfigError) as exc:
-            return error_response(400, str(exc))
-        except ModelRejected as exc:
-            return error_response(400, f"model rejected: {exc.reason}")
-        except ModelNotFound as exc:
-            return error_response(404, str(exc))
-        except ProtocolError as exc:
-            return error_response(exc.status, exc.message)
+        check_bearer(request.headers.get("Authorization"), token, "admin API")
+        validate_model_name(kwargs["name"])
+        if "version" in kwargs:
+            validate_version(kwargs["version"])
+        return view(**kwargs)  # errors: the core's one table (serve.http.views.common.failure)
 
     wrapped.__name__ = view.__name__
     wrapped.__doc__ = view.__doc__
@@ -362,23 +290,11 @@ def _write_config(name: str, config: dict) -> None:
     os.replace(tmp, model_dir / CONFIG_FILE)
 
 
-def init_model_control(app: Flask, settings: Settings, registry: ModelRegistry) -> ModelController:
-    """Everything about models entering this worker, wired into `app` before loading starts:
-    vetting of every model file, the name guard, the admin plane and the control mode."""
-    control = ControlSettings.from_settings(settings)
-    controller = ModelController(registry, control)
-    registry.vet = controller.vet
-    name_guard.init_app(app)
-    state = AdminState(
-        read_token(settings.admin_token_file or None, ADMIN_TOKEN_ENV),
-        read_token(settings.inference_token_file or None, INFERENCE_TOKEN_ENV),
-        controller,
-    )
-    if control.mode == "explicit" and state.admin_token is None:
+def init_model_control(app: Flask, controller: ModelController, admin_token: str | None) -> None:
+    """The admin plane over this worker's model controller, wired into `app`."""
+    if controller.settings.mode == "explicit" and admin_token is None:
         log.warning(
             "model control mode is explicit but no admin token is set: models loaded at "
             "start stay as they are until restart"
         )
-    init_app(app, state)
-    controller.start()
-    return controller
+    init_app(app, AdminState(admin_token, controller))

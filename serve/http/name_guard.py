@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from flask import Flask, request
 
+from serve.http.routes import MODEL_PREFIXES
 from serve.lifecycle.names import InvalidName, validate_model_name
 from serve.protocol.types import ProtocolError
-
-MODEL_PREFIXES = ("/v2/models/", "/v2/repository/models/", "/v1/models/")
 
 
 def check_model_path(path: str) -> None:

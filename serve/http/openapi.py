@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from serve.http.routes import INFERENCE_ROUTES
 from serve.protocol.datatypes import V2_DATATYPES
 from serve.protocol.encoding import SUPPORTED
 
@@ -584,10 +585,6 @@ def _paths() -> dict:
                 "ModelReady",
             )
         },
-        "/v2/models/{model_name}/infer": {"post": _infer_op("modelInfer", False)},
-        "/v2/models/{model_name}/versions/{model_version}/infer": {
-            "post": _infer_op("modelVersionInfer", True)
-        },
         "/v2/models/{model_name}/config": {
             "get": _op(
                 "modelConfig",
@@ -698,10 +695,6 @@ def _paths() -> dict:
                 mv,
             )
         },
-        "/v1/models/{model_name}:predict": {"post": _predict_op("tfPredict", False)},
-        "/v1/models/{model_name}/versions/{model_version}:predict": {
-            "post": _predict_op("tfVersionPredict", True)
-        },
         "/metrics": {
             "get": _op(
                 "metrics",
@@ -730,6 +723,9 @@ def _paths() -> dict:
             )
         },
     }
+    for route in INFERENCE_ROUTES:  # the inference routes, listed once in serve/http/routes.py
+        op = _infer_op if route.codec.protocol == "v2" else _predict_op
+        paths[route.openapi_path] = {"post": op(route.operation, "<version>" in route.rule)}
     return paths
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from serve.lifecycle.checks import CheckLimits, ModelRejected, check_model_file
 from serve.lifecycle.config import ENSEMBLE, ConfigError, ModelConfig, load_config
 from serve.lifecycle.load_probe import DEFAULT_MEMORY_LIMIT_BYTES, DEFAULT_TIMEOUT_S, probe_once
-from serve.lifecycle.names import validate_model_name
+from serve.lifecycle.names import is_valid_model_name, validate_model_name
 from serve.lifecycle.registry import Model, ModelNotFound, ModelRegistry, ModelVersion, State
 from serve.lifecycle.repository import available_versions, missing_versions_error, select_versions
 from serve.observability import metrics
@@ -200,7 +200,9 @@ class ModelController:
             root = self.registry.repository
             present = set()
             with contextlib.suppress(OSError):
-                present = {p.name for p in root.iterdir() if p.is_dir() and _valid_name(p.name)}
+                present = {
+                    p.name for p in root.iterdir() if p.is_dir() and is_valid_model_name(p.name)
+                }
             for name in sorted(present, key=lambda n: (_is_ensemble(root / n), n)):
                 self._sync_model(name, settle=True)  # ensembles after the models they run
             for name in sorted(set(self.registry.models) - present):
@@ -250,7 +252,7 @@ class ModelController:
         if not folder:
             return
         for name, req in sorted(_read_requests(Path(folder) / _REQUESTS_FILE).items()):
-            if req.get("seq", 0) <= self._applied.get(name, 0) or not _valid_name(name):
+            if req.get("seq", 0) <= self._applied.get(name, 0) or not is_valid_model_name(name):
                 continue
             with self._lock:
                 if req["action"] == "unload":
@@ -407,14 +409,6 @@ def _is_ensemble(model_dir: Path) -> bool:
 
 def _same(a: dict[int, ModelVersion], b: dict[int, ModelVersion]) -> bool:
     return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        validate_model_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def _read_requests(path: Path) -> dict[str, dict]:

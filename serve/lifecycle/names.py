@@ -1,4 +1,5 @@
-"""Strict validation of model names and versions taken from URLs and request bodies.
+"""The one rule for model names and versions: in URLs, gRPC requests, admin calls and the folders
+of the repository alike (a folder the rule refuses is never served).
 
 A model name becomes a folder name in the repository, so a name is only ever a name: never a path,
 never a URL. Triton's load API path traversal (CVE-2023-31036) is the cautionary tale. The pattern
@@ -49,6 +50,15 @@ def validate_model_name(name: str) -> str:
     if not _NAME.fullmatch(name):
         raise InvalidName(f"model name {shown} is not allowed; {_NAME_RULE}")
     return name
+
+
+def is_valid_model_name(name: str) -> bool:
+    """Whether `validate_model_name` accepts `name`."""
+    try:
+        validate_model_name(name)
+    except InvalidName:
+        return False
+    return True
 
 
 def validate_version(version: str) -> int:

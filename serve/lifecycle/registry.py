@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from serve.core.batcher import Batcher
+from serve.core.executor import Executor
 from serve.lifecycle import runtime
 from serve.lifecycle.config import ENSEMBLE, ONNX, ModelConfig
 from serve.lifecycle.repository import scan_repository
@@ -65,7 +66,9 @@ class ModelVersion:
     #: The model file's metadata_props (shown in /v2/models/{m}/config and on the status page).
     metadata: dict[str, str] = field(default_factory=dict)
     batching: bool = False
-    batcher: Batcher | None = None
+    #: What runs its requests: a Batcher over onnxruntime sessions for an ONNX model, the
+    #: Ensemble or the Python model's process batcher for the others (serve.pipelines).
+    batcher: Executor | None = None
     #: Class labels per output name, for the classification extension (serve.pipelines).
     labels: dict[str, list[str]] = field(default_factory=dict, compare=False, repr=False)
     #: Raises ModelNotReady while something the version needs is not ready (an ensemble's steps).
@@ -353,7 +356,15 @@ class ModelRegistry:
         try:
             return self.models[name]
         except KeyError:
-            raise ModelNotFound(f"unknown model {name!r}") from None
+            raise ModelNotFound(f"unknown model {name!r}; {self.served()}") from None
+
+    def served(self, shown: int = 20) -> str:
+        """The models this worker serves, as a 404 names them."""
+        names = sorted(self.models)
+        if not names:
+            return f"no model is served (repository {str(self.repository)!r})"
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        return f"served models: {', '.join(names[:shown])}{more}"
 
     def version(self, name: str, version: str | None = None) -> ModelVersion:
         """The version asked for, or the highest READY one; raises ModelNotFound/ModelNotReady."""

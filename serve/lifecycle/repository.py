@@ -6,18 +6,20 @@ Scanning is pure file-system work; loading sessions is the registry's job
 
 from __future__ import annotations
 
-import re
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.lifecycle.config import ENSEMBLE, ONNX, PYTHON, ConfigError, ModelConfig, load_config
+from serve.lifecycle.names import InvalidName, validate_model_name
 
 MODEL_FILE = "model.onnx"
 #: The file a version folder holds, per model kind; an ensemble's version folder may be empty
 #: (its versions are named by a placeholder path inside the folder).
 MODEL_FILES = {ONNX: MODEL_FILE, PYTHON: "model.py", ENSEMBLE: None}
 _ENSEMBLE_PLACEHOLDER = "ensemble"
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+log = logging.getLogger("tapeserve.repository")
 
 
 @dataclass
@@ -77,13 +79,19 @@ def select_versions(available: dict[int, Path], policy: dict) -> dict[int, Path]
 
 
 def scan_repository(root: str | Path) -> list[ModelEntry]:
-    """Every model folder under `root`, sorted by name; FileNotFoundError if root is absent."""
+    """Every model folder under `root` whose name is a valid model name, sorted by name;
+    FileNotFoundError if root is absent."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"model repository {str(root)!r} is not a directory")
     entries = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if model_dir.name.startswith(".") or not _MODEL_NAME.match(model_dir.name):
+        if model_dir.name.startswith("."):
+            continue  # hidden: upload staging, version control
+        try:
+            validate_model_name(model_dir.name)
+        except InvalidName as exc:
+            log.warning("folder %s is not served: %s", model_dir, exc)
             continue
         entry = ModelEntry(model_dir.name, model_dir, ModelConfig())
         try:

@@ -24,7 +24,6 @@ from serve.protocol.types import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-PLATFORM = "onnxruntime_onnx"
 MAX_RANK = 32
 _MAX_EXTENT = 2**48  # elements; far beyond any body size limit
 _UNSUPPORTED_PARAMETERS = {

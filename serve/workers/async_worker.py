@@ -1,9 +1,9 @@
 """The async Gunicorn worker: uvicorn (httptools, uvloop) serving the app's ASGI face.
 
-One event loop per worker answers every connection; V2 inference runs natively on it and the Flask
-endpoints run in a small thread pool (serve/http/fast_path.py). The command line stays the same for
-both worker classes: Gunicorn loads `serve.app:create_app()` and this worker serves
-`serve.http.fast_path.wrap(app, threads=cfg.threads)`.
+One event loop per worker answers every connection; inference runs natively on it and the Flask
+endpoints run in a small thread pool (serve/http/fast_path.py). The command line stays the same
+for both worker classes: Gunicorn loads `serve.app:create_app()` and this worker serves its
+`asgi(threads=cfg.threads)`.
 
 It keeps every promise of the gthread worker (serve/workers/gthread.py):
 
@@ -42,8 +42,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server, ServerState
 from uvicorn_worker import UvicornWorker
 
+from serve.core.health import draining, start_draining
 from serve.workers.coalesced_writes import CoalescingTransport
-from serve.workers.drain import accept_backlog, draining, json_error_response, start_draining
+from serve.workers.drain import accept_backlog, json_error_response
 
 logger = logging.getLogger("uvicorn.error")
 
@@ -331,10 +332,8 @@ class AsyncWorker(UvicornWorker):
         self._early_stop = (sig, time.monotonic())
 
     def load_wsgi(self) -> None:
-        super().load_wsgi()
-        from serve.http.fast_path import wrap
-
-        self.wsgi = wrap(self.wsgi, threads=self.cfg.threads)
+        super().load_wsgi()  # serve.app:create_app(): the worker's WorkerApp
+        self.wsgi = self.wsgi.asgi(threads=self.cfg.threads)
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi

@@ -1,39 +1,27 @@
-"""The drain both worker classes share: the draining flag, taking the listen backlog, the exit.
+"""The drain both worker classes share: taking the listen backlog, the error answers, the exit.
 
-On SIGTERM a worker turns `draining()` true at once (readiness answers 503), takes the
-connections the kernel already completed (`accept_backlog`) before it closes its listeners, and
-answers everything it took; Gunicorn's `worker_exit` hook then ends the process cleanly
-(`exit_after_drain`). Header errors are answered as `{"error": ...}` JSON
+On SIGTERM a worker turns `serve.core.health.draining()` true at once (readiness answers 503),
+takes the connections the kernel already completed (`accept_backlog`) before it closes its
+listeners, and answers everything it took; Gunicorn's `worker_exit` hook then ends the process
+cleanly (`exit_after_drain`). Header errors are answered as `{"error": ...}` JSON
 (`json_error_response`) by both classes.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import socket
 import sys
-import threading
 from typing import Any
 
-_DRAINING = threading.Event()
-
-
-def draining() -> bool:
-    """True once this worker received SIGTERM: it finishes what it has, then exits."""
-    return _DRAINING.is_set()
-
-
-def start_draining() -> None:
-    """Called from the stop-signal handlers: readiness answers 503 from now on."""
-    _DRAINING.set()
+from serve.protocol.v2 import error_body
 
 
 def json_error_response(status_int: int, reason: str, mesg: str) -> bytes:
     """A whole HTTP/1.1 answer with body `{"error": ...}` that closes the connection."""
-    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
+    body = error_body(f"{reason}: {mesg}" if mesg else reason)
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\n"
         "Connection: close\r\n"

@@ -26,7 +26,8 @@ import socket
 from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
-from serve.workers.drain import accept_backlog, json_error_response, start_draining
+from serve.core.health import start_draining
+from serve.workers.drain import accept_backlog, json_error_response
 
 
 def _write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:

@@ -43,17 +43,17 @@ def _repository(root: Path) -> Path:
 
 
 def _app(tmp_path: Path, **settings) -> TapeserveASGI:
-    flask_app = create_app(
+    worker = create_app(
         Settings(
             model_repository=str(_repository(tmp_path / "repo")), log_level="warning", **settings
         )
     )
-    registry = flask_app.extensions["tapeserve"].registry
+    registry = worker.core.registry
     deadline = time.monotonic() + 30
     while not registry.ready(strict=True):
         assert time.monotonic() < deadline, "models did not load"
         time.sleep(0.02)
-    app = TapeserveASGI(flask_app, threads=2)
+    app = worker.asgi(threads=2)
     app.fell_back = 0
     wsgi = app._wsgi
 
@@ -101,7 +101,7 @@ def call_asgi(app: TapeserveASGI, path: str, body: bytes, headers: dict[str, str
 
 
 def call_flask(app: TapeserveASGI, path: str, body: bytes, headers: dict[str, str]):
-    response = app.flask_app.test_client().post(path, data=body, headers=headers)
+    response = app.wsgi_app.test_client().post(path, data=body, headers=headers)
     out = {k.lower(): v for k, v in response.headers.items()}
     return response.status_code, out, response.get_data()
 
@@ -329,7 +329,7 @@ def test_inference_token_is_checked_on_the_fast_path(tmp_path, monkeypatch) -> N
 def test_a_cancelled_request_lets_go_of_its_model_version(app: TapeserveASGI) -> None:
     """A request task cancelled mid-way (a worker stopping at once) still releases its hold, so
     a swap or unload of the version is not left waiting for it."""
-    registry = app.flask_app.extensions["tapeserve"].registry
+    registry = app.core.registry
     mv = registry.version("ident", None)
     scope = {
         "type": "http",

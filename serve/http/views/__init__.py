@@ -1,1 +1,1 @@
-"""Thin Flask blueprints over the model registry: V2, TF Serving, status page and metrics."""
+"""Thin Flask blueprints over the inference core: inference, V2, TF Serving, status and metrics."""

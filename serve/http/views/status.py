@@ -5,19 +5,18 @@ from __future__ import annotations
 from flask import Blueprint, Response, render_template
 
 from serve.http.openapi import openapi_document
-from serve.http.views.common import json_response, server
+from serve.http.views.common import core, json_response
 from serve.http.views.v2 import server_version
 from serve.lifecycle.registry import State
 from serve.observability import metrics
-from serve.workers.drain import draining
 
-bp = Blueprint("status", __name__, template_folder="../templates")
+bp = Blueprint("status", __name__)
 
 
 @bp.get("/")
 def status_page() -> str:
     """Models, versions, state (with the reason when unavailable), device, and useful links."""
-    state = server()
+    state = core()
     registry = state.registry
     rows = []
     for model in registry.models.values():
@@ -34,7 +33,7 @@ def status_page() -> str:
     return render_template(
         "status.html",
         rows=rows,
-        ready=not draining() and registry.ready(strict=state.settings.strict_readiness),
+        ready=state.ready(),
         repository=state.settings.model_repository,
         error=registry.error,
         device=state.settings.device,
@@ -43,7 +42,7 @@ def status_page() -> str:
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    models = server().registry.models.values()
+    models = core().registry.models.values()
     body, content_type = metrics.render({(m.name, str(v)) for m in models for v in m.versions})
     return Response(body, 200, {"Content-Type": content_type})
 

@@ -1,24 +1,14 @@
-"""TensorFlow Serving REST endpoints: model status, metadata and `:predict`.
+"""TensorFlow Serving REST endpoints: model status and metadata, and the other `:verb`s.
 
-Flask cannot route `<name>:predict` apart from `<name>`, so the `:verb` suffix is split here.
+`POST .../<name>:predict` is an inference route (serve/http/views/inference.py); every other
+request on `/v1/models/<name>[:verb]` comes here, where the `:verb` suffix is split off.
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, request
 
-from serve.http.views.common import (
-    deadline_for,
-    error_response,
-    failure,
-    json_response,
-    observed,
-    read_body,
-    resolve,
-    run_model,
-    server,
-)
-from serve.lifecycle.registry import ModelVersion
+from serve.http.views.common import core, error_response, failure, json_response
 from serve.observability import accesslog
 from serve.protocol import tfserving
 
@@ -31,8 +21,9 @@ def _split_verb(segment: str) -> tuple[str, str | None]:
 
 
 def _status(name: str, version: str | None) -> Response:
-    registry = server().registry
+    registry = core().registry
     try:
+        core().check_name(name)
         model = registry.model(name)
         if version is None:
             if model.error:
@@ -53,41 +44,10 @@ def _status(name: str, version: str | None) -> Response:
 
 def _metadata(name: str, version: str | None) -> Response:
     try:
-        mv = server().registry.version(name, version)
+        mv = core().version(name, version)
     except Exception as exc:
         return failure(exc)
     return json_response(tfserving.model_metadata(mv.name, str(mv.version), mv.inputs, mv.outputs))
-
-
-def _predict(ctx: dict, name: str, version: str | None = None) -> Response:
-    mv = resolve(ctx, name, version)
-    req, feeds, deadline = prepare_predict(mv, read_body())
-    body, _ = answer_predict(mv, req, run_model(mv, feeds, deadline))
-    return json_response_bytes(body)
-
-
-def prepare_predict(
-    mv: ModelVersion, body: bytes, header_length: str | None = None
-) -> tuple[tfserving.PredictRequest, dict, float | None]:
-    """Decode a `:predict` body for `mv`: the request, its feeds and its deadline (shared with
-    the event-loop fast path, serve.http.fast_path; `header_length` is V2's and unused here)."""
-    req = tfserving.decode_predict(body, mv.inputs, max_batch_size=mv.max_batch_size)
-    return req, req.inputs, deadline_for(mv, None)
-
-
-def answer_predict(
-    mv: ModelVersion, req: tfserving.PredictRequest, results: list
-) -> tuple[bytes, dict[str, str]]:
-    """The `:predict` answer in the request's row or column format."""
-    outputs = {spec.name: arr for spec, arr in zip(mv.outputs, results, strict=True)}
-    return tfserving.encode_predict(outputs, req.row_format), {"Content-Type": "application/json"}
-
-
-def json_response_bytes(body: bytes) -> Response:
-    return Response(body, 200, mimetype="application/json")
-
-
-_observed_predict = observed("tfserving", _predict)
 
 
 def _dispatch(name: str, version: str | None, verb: str | None) -> Response:
@@ -99,12 +59,10 @@ def _dispatch(name: str, version: str | None, verb: str | None) -> Response:
                 405, f"{request.method} is not allowed here; use GET", {"Allow": "GET"}
             )
         return _status(name, version)
-    if verb == "predict":
-        if request.method != "POST":
-            return error_response(
-                405, f"{request.method} is not allowed for :predict; use POST", {"Allow": "POST"}
-            )
-        return _observed_predict(name=name, version=version)
+    if verb == "predict":  # a POST is routed to the inference view
+        return error_response(
+            405, f"{request.method} is not allowed for :predict; use POST", {"Allow": "POST"}
+        )
     if verb in ("classify", "regress"):
         return error_response(501, f":{verb} is not implemented; use :predict")
     return error_response(404, f"unknown method ':{verb}'; tapeserve supports :predict")

@@ -5,28 +5,19 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 
-import numpy as np
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from serve.http.views.common import (
-    batch_rows,
-    deadline_for,
-    encoded,
+    core,
     error_response,
     failure,
     json_response,
-    observed,
     read_body,
-    resolve,
-    server,
 )
 from serve.lifecycle.registry import ModelVersion, State
-from serve.observability import accesslog, metrics
-from serve.pipelines.classification import classify
+from serve.observability import metrics
 from serve.protocol import jsondata, v2
-from serve.protocol.types import InferRequest, ProtocolError, RequestedOutput
-from serve.protocol.validate import validate_request
-from serve.workers.drain import draining
+from serve.protocol.types import ProtocolError
 
 bp = Blueprint("v2", __name__)
 
@@ -50,8 +41,7 @@ def live() -> Response:
 def ready() -> Response:
     """Readiness: every model reached a final state (and none failed, with --strict-readiness);
     false from the moment the worker received SIGTERM (it drains, then exits)."""
-    state = server()
-    ok = not draining() and state.registry.ready(strict=state.settings.strict_readiness)
+    ok = core().ready()
     return json_response({"ready": ok}, 200 if ok else 503)
 
 
@@ -73,10 +63,10 @@ def server_version() -> str:
 @bp.get("/v2/models/<name>/versions/<version>")
 def model_metadata(name: str, version: str | None = None) -> Response:
     try:
-        mv = server().registry.version(name, version)
+        mv = core().version(name, version)
     except Exception as exc:
         return failure(exc)
-    model = server().registry.model(name)
+    model = core().registry.model(name)
     ready_versions = [str(v) for v, m in model.versions.items() if m.state is State.READY]
     return json_response(
         v2.model_metadata(name, ready_versions, mv.config.platform_name, mv.inputs, mv.outputs)
@@ -87,7 +77,7 @@ def model_metadata(name: str, version: str | None = None) -> Response:
 @bp.get("/v2/models/<name>/versions/<version>/ready")
 def model_ready(name: str, version: str | None = None) -> Response:
     try:
-        server().registry.version(name, version)
+        core().version(name, version)
     except Exception as exc:
         response = failure(exc)
         if response.status_code == 503:
@@ -100,8 +90,9 @@ def model_ready(name: str, version: str | None = None) -> Response:
 @bp.get("/v2/models/<name>/versions/<version>/config")
 def model_config(name: str, version: str | None = None) -> Response:
     """The effective configuration, Triton-shaped, with the provider and state of each version."""
-    registry = server().registry
+    registry = core().registry
     try:
+        core().check_name(name)
         model = registry.model(name)
         if version is not None:
             registry.version(name, version)
@@ -134,7 +125,7 @@ def model_config(name: str, version: str | None = None) -> Response:
         ],
         "version_policy": config.version_policy,
         "provider": mv.provider if mv else None,
-        "device": mv.device if mv else (config.device or server().settings.device),
+        "device": mv.device if mv else (config.device or core().settings.device),
         "state": model.state.value,
         "reason": model.reason,
         "versions": [_version_status(m) for m in model.versions.values()],
@@ -170,8 +161,10 @@ _STAT_FAMILIES = (
 @bp.get("/v2/models/<name>/versions/<version>/stats")
 def model_stats(name: str | None = None, version: str | None = None) -> Response:
     """Triton's statistics extension, read from the Prometheus counters of every worker."""
-    registry = server().registry
+    registry = core().registry
     try:
+        if name is not None:
+            core().check_name(name)
         models = [registry.model(name)] if name is not None else list(registry.models.values())
         if version is not None:
             registry.version(name, version)  # type: ignore[arg-type]
@@ -238,7 +231,7 @@ def repository_index() -> Response:
     if not isinstance(options, dict) or not isinstance(options.get("ready", False), bool):
         return error_response(400, 'repository index body must be {} or {"ready": true|false}')
     rows = []
-    for model in server().registry.models.values():
+    for model in core().registry.models.values():
         if model.error or not model.versions:
             rows.append({"name": model.name, "state": model.state.value, "reason": model.reason})
         for mv in model.versions.values():
@@ -253,58 +246,3 @@ def repository_index() -> Response:
     if options.get("ready"):
         rows = [row for row in rows if row["state"] == State.READY.value]
     return json_response(rows)
-
-
-def _infer(ctx: dict, name: str, version: str | None = None) -> Response:
-    mv = resolve(ctx, name, version)
-    req, feeds, deadline = prepare_infer(mv, read_body(), request.headers.get(v2.HEADER_LENGTH))
-    accesslog.annotate(batch_size=batch_rows(mv, feeds))
-    body, headers = answer_infer(mv, req, mv.batcher.infer(feeds, deadline))  # type: ignore[union-attr]
-    return encoded(body, headers)
-
-
-def prepare_infer(
-    mv: ModelVersion, body: bytes, header_length: str | None
-) -> tuple[InferRequest, dict, float | None]:
-    """Decode and validate an infer body for `mv`: the request, its feeds and its deadline.
-
-    Shared by the Flask view and the event-loop fast path (serve.http.fast_path), so both answer
-    alike.
-    """
-    raw_spec = mv.inputs[0] if len(mv.inputs) == 1 else None
-    req = v2.decode_infer(body, header_length, raw_input=raw_spec)
-    validate_request(req, mv.inputs, mv.outputs, mv.max_batch_size)
-    deadline = deadline_for(mv, req.parameters.get("timeout"))
-    return req, {i.name: i.data for i in req.inputs}, deadline
-
-
-def answer_infer(
-    mv: ModelVersion, req: InferRequest, results: list
-) -> tuple[bytes, dict[str, str]]:
-    """Encode the outputs the request asked for (all, by default) as the V2 answer."""
-    if req.outputs is None:
-        chosen = [
-            (s.name, arr, req.binary_output) for s, arr in zip(mv.outputs, results, strict=True)
-        ]
-    else:
-        index = {s.name: i for i, s in enumerate(mv.outputs)}
-        chosen = [
-            (o.name, _classified(mv, o, results[index[o.name]]), o.binary) for o in req.outputs
-        ]
-    return v2.encode_infer(mv.name, str(mv.version), req.id, chosen)
-
-
-def _classified(mv: ModelVersion, out: RequestedOutput, result: np.ndarray) -> np.ndarray:
-    """The output as asked: its top K classes when the request set `classification`."""
-    if not out.classification:
-        return result
-    return classify(result, out.classification, mv.labels.get(out.name), mv.max_batch_size > 0)
-
-
-bp.add_url_rule("/v2/models/<name>/infer", "infer", observed("v2", _infer), methods=["POST"])
-bp.add_url_rule(
-    "/v2/models/<name>/versions/<version>/infer",
-    "infer_version",
-    observed("v2", _infer),
-    methods=["POST"],
-)
