@@ -180,11 +180,14 @@ class Call:
         if self.codec.protocol != IN_PROCESS:
             metrics.INFLIGHT_REQUESTS.dec()
         if self.status:
-            _request_counter(self.model, self.version, self.codec.protocol, str(self.status)).inc()
-            if mv is not None:
-                _request_duration(self.model, self.version, self.codec.protocol).observe(
-                    time.perf_counter() - self.started
-                )
+            count_request(
+                self.model,
+                self.version,
+                self.codec.protocol,
+                self.status,
+                self.started,
+                mv is not None,
+            )
 
 
 class InferenceCore:
@@ -227,16 +230,7 @@ class InferenceCore:
     def hold(self, name: str, version: str | None = None) -> ModelVersion:
         """`version`, held until `release()`: a swap or unload waits for its holders."""
         self.check_name(name)
-        registry = self.registry
-        try:
-            mv = registry.version(name, version)
-            while not mv.hold():  # swapped out since the lookup (model control): look again
-                mv = registry.version(name, version)
-        except ModelNotReady as exc:
-            reason = "loading" if exc.loading else "unavailable"
-            metrics.REJECTED_REQUESTS.labels(name, reason).inc()
-            raise
-        return mv
+        return hold_version(self.registry, name, version)
 
     # -- the steps every request shares --------------------------------------------------------
 
@@ -393,6 +387,48 @@ def batch_rows(mv: ModelVersion, feeds: dict[str, np.ndarray]) -> int:
     return next(iter(feeds.values())).shape[0] if mv.batching and feeds else 1
 
 
+def hold_version(registry: ModelRegistry, name: str, version: str | None) -> ModelVersion:
+    """Look a version up and hold it (a request from any front door, an ensemble step, a BLS
+    call); refusals for a model that is loading or unavailable are counted."""
+    try:
+        mv = registry.version(name, version)
+        while not mv.hold():  # swapped out since the lookup (model control): look again
+            mv = registry.version(name, version)
+    except ModelNotReady as exc:
+        reason = "loading" if exc.loading else "unavailable"
+        metrics.REJECTED_REQUESTS.labels(name, reason).inc()
+        raise
+    return mv
+
+
+def check_inputs(
+    mv: ModelVersion,
+    feeds: dict[str, np.ndarray],
+    outputs: Sequence[RequestedOutput] | None = None,
+) -> None:
+    """The checks a front door's codec makes, for arrays made in-process: names, datatypes,
+    shapes, the batch limit, the outputs asked for (400 naming what does not fit)."""
+    items = []
+    for name, arr in feeds.items():
+        try:
+            datatype = datatype_of(arr.dtype)
+        except ValueError as exc:
+            raise ProtocolError(400, f"input '{name}': {exc}") from None
+        items.append(InferInput(name, datatype, tuple(arr.shape), arr))
+    req = InferRequest(None, items, list(outputs) if outputs else None, False)
+    validate_request(req, mv.inputs, mv.outputs, mv.max_batch_size)
+
+
+def count_request(
+    model: str, version: str, protocol: str, status: int, started: float, timed: bool = True
+) -> None:
+    """Count an answered request under its labels (and, when `timed`, its duration since
+    `started`, a perf_counter() value): every front door and in-process caller counts here."""
+    _request_counter(model, version, protocol, str(status)).inc()
+    if timed:
+        _request_duration(model, version, protocol).observe(time.perf_counter() - started)
+
+
 class _InProcessCodec:
     """Arrays in, arrays out: the 'protocol' of requests made inside the server."""
 
@@ -400,22 +436,14 @@ class _InProcessCodec:
 
     def decode(self, mv: ModelVersion, payload: Any) -> Request:
         inputs, outputs, parameters = payload
-        items = []
-        for name, data in inputs.items():
-            arr = np.asarray(data)
-            try:
-                datatype = datatype_of(arr.dtype)
-            except ValueError as exc:
-                raise ProtocolError(400, f"input '{name}': {exc}") from None
-            items.append(InferInput(name, datatype, arr.shape, arr))
+        feeds = {name: np.asarray(data) for name, data in inputs.items()}
         wanted = None
-        if outputs is not None:
+        if outputs:
             wanted = [
                 o if isinstance(o, RequestedOutput) else RequestedOutput(o, False) for o in outputs
             ]
-        req = InferRequest(None, items, wanted, False, dict(parameters or {}))
-        validate_request(req, mv.inputs, mv.outputs, mv.max_batch_size)
-        return Request({i.name: i.data for i in items}, wanted, req.parameters)
+        check_inputs(mv, feeds, wanted)
+        return Request(feeds, wanted, dict(parameters or {}))
 
     def encode(
         self, mv: ModelVersion, request: Request, outputs: list[Output], payload: Any

@@ -1,5 +1,6 @@
 """Run a served model from inside the server (ensemble steps, BLS calls): the same lookup,
-hold, validation and batcher a request from the network goes through, without HTTP.
+hold, validation, metrics and batcher a request from the network goes through
+(serve.core.inference), without HTTP.
 
 Each call resolves the model version now (so a reloaded step model is picked up at once), holds
 it until answered (so a swap never drops it) and queues in that version's own batcher (so calls
@@ -14,11 +15,10 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from serve.core.errors import failure_for
+from serve.core.inference import check_inputs, count_request, hold_version
 from serve.lifecycle.registry import ModelRegistry, ModelVersion
-from serve.observability import metrics
-from serve.protocol.datatypes import datatype_of
-from serve.protocol.types import InferInput, InferRequest, RequestedOutput
-from serve.protocol.validate import validate_request
+from serve.protocol.types import RequestedOutput
 
 
 def _version(version: int | str | None) -> str | None:
@@ -28,21 +28,11 @@ def _version(version: int | str | None) -> str | None:
 @contextmanager
 def held(registry: ModelRegistry, name: str, version: int | str | None) -> Iterator[ModelVersion]:
     """The model version to run (as for a client request), held until the block ends."""
-    mv = registry.version(name, _version(version))
-    while not mv.hold():  # swapped out since the lookup: look again
-        mv = registry.version(name, _version(version))
+    mv = hold_version(registry, name, _version(version))
     try:
         yield mv
     finally:
         mv.release()
-
-
-def check_feeds(mv: ModelVersion, feeds: dict[str, np.ndarray], requested: list[str]) -> None:
-    """The request checks of the front doors (names, datatypes, shapes, batch size)."""
-    inputs = [InferInput(n, datatype_of(a.dtype), tuple(a.shape), a) for n, a in feeds.items()]
-    outputs = [RequestedOutput(n, False) for n in requested] or None
-    req = InferRequest(None, inputs, outputs, False)
-    validate_request(req, mv.inputs, mv.outputs, mv.max_batch_size)
 
 
 def pick(mv: ModelVersion, results: list, requested: list[str]) -> list[tuple[str, np.ndarray]]:
@@ -65,11 +55,11 @@ def infer(
     status = 500
     with held(registry, name, version) as mv:
         try:
-            check_feeds(mv, feeds, requested)
+            check_inputs(mv, feeds, [RequestedOutput(n, False) for n in requested])
             results = mv.batcher.infer(feeds, deadline)  # type: ignore[union-attr]
             status = 200
         except Exception as exc:
-            status = getattr(exc, "status", 500)
+            status = failure_for(exc).status
             raise
         finally:
             count(mv, caller, status, started)
@@ -78,7 +68,4 @@ def infer(
 
 def count(mv: ModelVersion, caller: str, status: int, started: float) -> None:
     """Count an in-process call in the model's request metrics, `protocol` naming the caller."""
-    metrics.REQUESTS.labels(mv.name, str(mv.version), caller, str(status)).inc()
-    metrics.REQUEST_DURATION.labels(mv.name, str(mv.version), caller).observe(
-        time.perf_counter() - started
-    )
+    count_request(mv.name, str(mv.version), caller, status, started)
