@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> WorkerApp:
         settings,
         read_token(settings.inference_token_file or None, INFERENCE_TOKEN_ENV),
     )
+    registry.in_process = core  # ensembles and Python models call other models through it
     admin_token = read_token(settings.admin_token_file or None, ADMIN_TOKEN_ENV)
     flask_app = create_flask_app(core, controller, admin_token)
     controller.start()

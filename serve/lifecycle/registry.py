@@ -196,6 +196,9 @@ class ModelRegistry:
         #: each process gets this address-space limit (0: none).
         self.allow_python_models = False
         self.python_model_memory_bytes = 0
+        #: The inference core over this registry (serve.core.inference.InferenceCore), set by
+        #: serve.app: ensemble steps and Python models' BLS calls run other models through it.
+        self.in_process: Any = None
 
     # -- loading -------------------------------------------------------------------------------
 

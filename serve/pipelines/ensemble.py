@@ -1,29 +1,41 @@
 """Ensembles (Triton's `platform: "ensemble"`): a graph of served models run inside the server.
 
-Each step goes through its model's own batcher (serve.pipelines.inprocess), so concurrent
-ensemble requests batch at every step, together with direct calls of the same models. The step
-model versions are looked up per request: a reloaded step is used at once, and a changed
-signature is checked again before it runs. The graph is checked when the ensemble loads
-(unknown models, unmapped or mistyped tensors, cycles), with Triton's rules and messages.
+Each step is a request to the inference core's in-process API (InferenceCore.infer /
+infer_async): the same lookup, validation, deadline and metrics as a client's request, and the
+step model's own batcher, so concurrent ensemble requests batch at every step, together with
+direct calls of the same models. The step model version is looked up per request: a reloaded
+step is used at once, and its inputs are checked against its signature as any request's are.
+The graph is checked when the ensemble loads (unknown models, unmapped or mistyped tensors,
+cycles), with Triton's rules and messages.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
+import logging
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from prometheus_client import Histogram
 
-from serve.core.batcher import DeadlineExceeded, QueueFull
+from serve.core.errors import Code, ServeError, failure_for, is_unexpected
 from serve.lifecycle.config import V2_TO_TRITON, ModelConfig, declared_specs
 from serve.lifecycle.registry import ModelNotFound, ModelNotReady, ModelRegistry, ModelVersion
-from serve.lifecycle.runtime import InferenceError
 from serve.observability import metrics
-from serve.pipelines import inprocess
-from serve.protocol.types import ProtocolError, TensorSpec
+from serve.protocol.types import TensorSpec
+
+log = logging.getLogger("tapeserve.ensemble")
+
+
+class InProcess(Protocol):
+    """The inference core's in-process API (serve.core.inference.InferenceCore)."""
+
+    def infer(self, model: str, inputs: dict, **options: Any) -> dict[str, np.ndarray]: ...
+
+    async def infer_async(self, model: str, inputs: dict, **options: Any) -> dict: ...
+
 
 STEP_DURATION = Histogram(
     "tapeserve_ensemble_step_duration_seconds",
@@ -60,17 +72,6 @@ def _triton(spec: TensorSpec) -> str:
     return V2_TO_TRITON.get(spec.datatype, spec.datatype)
 
 
-def _status(exc: Exception) -> int:
-    """The status a client would have got from the step model itself."""
-    if isinstance(exc, ProtocolError | InferenceError):
-        return exc.status
-    if isinstance(exc, ModelNotFound | ModelNotReady | QueueFull):
-        return 503  # from the ensemble's side a missing step is an unavailable service
-    if isinstance(exc, DeadlineExceeded):
-        return 504
-    return 500
-
-
 class Ensemble:
     """What serves one ensemble version: `infer`/`infer_async` run the steps in dependency order.
 
@@ -78,8 +79,11 @@ class Ensemble:
     its own, the steps' batchers do the queueing.
     """
 
-    def __init__(self, registry: ModelRegistry, name: str, config: ModelConfig) -> None:
+    def __init__(
+        self, registry: ModelRegistry, core: InProcess, name: str, config: ModelConfig
+    ) -> None:
         self.registry = registry
+        self.core = core
         self.name = name
         self.inputs = declared_specs(config, "input")
         self.outputs = declared_specs(config, "output")
@@ -91,9 +95,6 @@ class Ensemble:
             for i, s in enumerate(config.ensemble_scheduling["step"])  # type: ignore[index]
         ]
         self.waves: list[list[Step]] = []
-        #: Step model versions the graph was last checked against (re-checked when one changes).
-        self._checked: dict[int, ModelVersion] = {}
-        self._lock = threading.Lock()
         self.validate()
 
     # -- load-time checks -----------------------------------------------------------------
@@ -188,7 +189,6 @@ class Ensemble:
         problems += self._dataflow()
         if problems:
             raise EnsembleError("; ".join(problems))
-        self._checked = versions
 
     def _dataflow(self) -> list[str]:
         """Order the steps in waves from the inputs; steps that never run are a cycle or miss a
@@ -241,67 +241,51 @@ class Ensemble:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _step_feeds(self, step: Step, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {name: tensors[tensor] for name, tensor in step.input_map.items()}
+    def _version(self, step: Step) -> str | None:
+        return None if step.version == -1 else str(step.version)
 
-    def _recheck(self, step: Step, mv: ModelVersion) -> None:
-        if self._checked.get(step.index) is mv:
-            return
-        with self._lock:  # a step model was reloaded: its signature may have changed
-            if self._checked.get(step.index) is mv:
-                return
-            try:
-                self.validate()
-            except EnsembleError as exc:
-                raise InferenceError(str(exc), 503) from None
-
-    def _failed(self, step: Step, exc: Exception, started: float) -> InferenceError:
+    def _failed(self, step: Step, exc: Exception, started: float) -> ServeError:
+        """The step's failure, as the ensemble's: its status, its message after the step's name."""
         STEP_DURATION.labels(self.name, step.label, step.model, "error").observe(
             time.perf_counter() - started
         )
-        return InferenceError(
-            f"in ensemble '{self.name}', step {step.label} failed: {exc}", _status(exc)
-        )
+        if is_unexpected(exc):
+            log.error("ensemble %s, step %s", self.name, step.label, exc_info=exc)
+        failure = failure_for(exc)
+        code = Code.UNAVAILABLE if failure.code is Code.NOT_FOUND else failure.code  # step gone
+        message = f"in ensemble '{self.name}', step {step.label} failed: {failure.message}"
+        return ServeError(code, message, failure.headers)
 
-    def _done(self, step: Step, results: list, mv: ModelVersion, tensors: dict, started: float):
+    def _done(self, step: Step, outputs: dict, tensors: dict, started: float) -> None:
         STEP_DURATION.labels(self.name, step.label, step.model, "ok").observe(
             time.perf_counter() - started
         )
-        by_name = {s.name: r for s, r in zip(mv.outputs, results, strict=True)}
         for output, tensor in step.output_map.items():
-            tensors[tensor] = by_name[output]
+            tensors[tensor] = outputs[output]
 
     async def _run_step_async(self, step: Step, tensors: dict, deadline: float | None) -> None:
         started = time.perf_counter()
-        status = 500
+        feeds = {name: tensors[tensor] for name, tensor in step.input_map.items()}
         try:
-            with inprocess.held(self.registry, step.model, step.version) as mv:
-                try:
-                    self._recheck(step, mv)
-                    results = await mv.batcher.infer_async(  # type: ignore[union-attr]
-                        self._step_feeds(step, tensors), deadline
-                    )
-                    status = 200
-                finally:
-                    inprocess.count(mv, "ensemble", status, started)
-                self._done(step, results, mv, tensors, started)
+            outputs = await self.core.infer_async(
+                step.model, feeds, version=self._version(step), outputs=list(step.output_map),
+                deadline=deadline,
+            )  # fmt: skip
         except Exception as exc:
             raise self._failed(step, exc, started) from None
+        self._done(step, outputs, tensors, started)
 
     def _run_step(self, step: Step, tensors: dict, deadline: float | None) -> None:
         started = time.perf_counter()
-        status = 500
+        feeds = {name: tensors[tensor] for name, tensor in step.input_map.items()}
         try:
-            with inprocess.held(self.registry, step.model, step.version) as mv:
-                try:
-                    self._recheck(step, mv)
-                    results = mv.batcher.infer(self._step_feeds(step, tensors), deadline)  # type: ignore[union-attr]
-                    status = 200
-                finally:
-                    inprocess.count(mv, "ensemble", status, started)
-                self._done(step, results, mv, tensors, started)
+            outputs = self.core.infer(
+                step.model, feeds, version=self._version(step), outputs=list(step.output_map),
+                deadline=deadline,
+            )  # fmt: skip
         except Exception as exc:
             raise self._failed(step, exc, started) from None
+        self._done(step, outputs, tensors, started)
 
     async def infer_async(
         self, feeds: dict[str, np.ndarray], deadline: float | None = None

@@ -11,7 +11,6 @@ import threading
 from serve.core.batcher import Batcher
 from serve.lifecycle.config import ENSEMBLE, PYTHON, declared_specs
 from serve.lifecycle.registry import ModelRegistry, ModelVersion, sample_inputs
-from serve.pipelines import inprocess
 from serve.pipelines.ensemble import Ensemble
 from serve.pipelines.python_model import (
     PythonModelError,
@@ -19,6 +18,13 @@ from serve.pipelines.python_model import (
     PythonModelSpec,
     start_instances,
 )
+
+
+def _core(registry: ModelRegistry):
+    """The inference core whose in-process API ensemble steps and BLS calls go through."""
+    if registry.in_process is None:
+        raise RuntimeError("this registry has no inference core to run other models through")
+    return registry.in_process
 
 
 class PythonModelsRefused(PermissionError):
@@ -35,7 +41,7 @@ def load_pipeline_model(registry: ModelRegistry, mv: ModelVersion) -> None:
     mv.batching = config.max_batch_size > 0
     mv.device = "cpu"
     if config.kind == ENSEMBLE:
-        ensemble = Ensemble(registry, mv.name, config)
+        ensemble = Ensemble(registry, _core(registry), mv.name, config)
         mv.provider = "ensemble"
         mv.batcher = ensemble  # type: ignore[assignment]
         mv.ready_check = ensemble.check_ready
@@ -51,8 +57,13 @@ def load_pipeline_model(registry: ModelRegistry, mv: ModelVersion) -> None:
         mv.name, mv.version, mv.path.parent.parent, config, registry.python_model_memory_bytes
     )
 
+    core = _core(registry)
+
     def bls(model, version, feeds, requested, deadline):
-        return inprocess.infer(registry, model, version, feeds, requested, deadline)
+        version = None if version == -1 else str(version)
+        outputs = core.infer(model, feeds, version=version, outputs=requested or None,
+                             deadline=deadline)  # fmt: skip
+        return list(outputs.items())
 
     try:
         instances = start_instances(spec, config.instance_count, bls)

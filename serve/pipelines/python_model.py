@@ -9,7 +9,7 @@ answers the requests of the failed call with an error and starts a fresh process
 
 The batcher hands `run` the requests of a batch one by one (Batcher(per_request=True)), as
 Triton hands them to `execute`; BLS calls of the model come back over the same socket and are
-run by the server in-process (serve.pipelines.inprocess).
+run by the server through the inference core's in-process API (InferenceCore.infer).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.core.errors import failure_for
 from serve.lifecycle.config import TRITON_TO_V2, ModelConfig, declared_specs
 from serve.lifecycle.runtime import InferenceError
 from serve.pipelines import wire
@@ -41,8 +42,9 @@ MODEL_FILE = "model.py"
 #: How long `execute` may run when neither the request nor the config sets a deadline.
 DEFAULT_EXECUTE_TIMEOUT_S = 30.0
 START_TIMEOUT_S = 120.0
-#: TritonError codes -> HTTP status (Triton's HttpCodeFromError).
+#: TritonError codes -> HTTP status (Triton's HttpCodeFromError), and back for BLS errors.
 _STATUS = {0: 400, 1: 500, 2: 404, 3: 400, 4: 503, 5: 501, 6: 400, 7: 400}
+_TRITON_CODE = {400: 3, 404: 2, 503: 4, 501: 5, 504: 4}
 
 #: (model name, version, feeds, requested output names, deadline) -> [(name, array)]; raises.
 BlsCall = Callable[[str, int, dict[str, np.ndarray], list[str], float | None], list]
@@ -274,9 +276,8 @@ class PythonModelInstance:
         try:
             return ("bls_result", self.bls(model, int(version), feeds, list(requested), deadline))
         except Exception as exc:
-            status = getattr(exc, "status", 500)
-            code = {400: 3, 404: 2, 503: 4, 501: 5}.get(status, 1)
-            return ("bls_error", str(exc), code)
+            failure = failure_for(exc)
+            return ("bls_error", failure.message, _TRITON_CODE.get(failure.status, 1))
 
 
 def _mismatch(spec: TensorSpec, array: np.ndarray) -> str | None:

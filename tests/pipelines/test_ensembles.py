@@ -113,7 +113,7 @@ def test_concurrent_requests_batch_at_every_step(pipelines_server: RunningServer
     assert steps >= 800
     ensemble = _count(after, "tapeserve_requests_total", model="onnx_pair", code="200")
     assert ensemble >= 400
-    per_step = _count(after, "tapeserve_requests_total", model="mlp", protocol="ensemble")
+    per_step = _count(after, "tapeserve_requests_total", model="mlp", protocol="inprocess")
     assert per_step >= 400
 
 
@@ -149,7 +149,7 @@ def test_step_reloaded_under_load_with_zero_failed_requests(tapeserve_server, tm
         served_by_2 = 0
         while time.monotonic() < deadline and not served_by_2:
             served_by_2 = _count(server.metrics(), "tapeserve_requests_total", model="mlp",
-                                 version="2", protocol="ensemble")  # fmt: skip
+                                 version="2", protocol="inprocess")  # fmt: skip
             time.sleep(0.2)
         time.sleep(1)
         stop = time.monotonic()
