@@ -201,6 +201,8 @@ class PythonModelInstance:
     def run(self, batch: list[dict[str, np.ndarray]], deadline: float | None) -> list:
         """Execute a batch of requests; each gets its outputs (in signature order) or an error."""
         with self._lock:
+            if self._process is not None and self._process.poll() is not None:
+                self._fail("the process ended while idle")  # killed from outside, say
             try:
                 if self._process is None:
                     self.start()

@@ -209,3 +209,19 @@ def _running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_process_killed_while_idle_is_replaced_before_the_next_request(pipelines_server) -> None:
+    import os
+    import re
+    import signal
+
+    url = pipelines_server.url
+    assert probes.infer(url, "double", [probes.fp32("X", [probes.A])])["status"] == 200
+    pids = re.findall(r"python model double version 1 instance 0: process (\d+) ready",
+                      pipelines_server.log())  # fmt: skip
+    os.kill(int(pids[-1]), signal.SIGKILL)
+    time.sleep(0.2)
+    answer = probes.infer(url, "double", [probes.fp32("X", [probes.A])])
+    assert answer["status"] == 200, answer
+    assert "the process ended while idle" in pipelines_server.log()
