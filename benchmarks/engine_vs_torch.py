@@ -1,143 +1,444 @@
-"""Time per training step: the engine against PyTorch CPU, same model, weights, batch, threads.
+"""Training-step time of the engine against PyTorch CPU and against the engine at a baseline
+revision, side by side; then what higher derivatives cost.
 
-Each step is zero_grad, forward, cross-entropy, backward and an SGD (momentum 0.9) update, in
-float32 at batch 128, for an MLP 784-512-512-10 and a small CNN on 1x28x28 input
-(conv32-pool-conv64-pool-128-10). Both sides run at the same thread count: torch through
-torch.set_num_threads, numpy's BLAS (and any OpenMP pool) through threadpoolctl. Engine and torch
-runs alternate in blocks and the table reports the median per-step time of each, so a noisy
-machine hits both alike.
+Table 1: each step is zero_grad, forward, cross-entropy, backward and an SGD (momentum 0.9)
+update, float32, batch 128, for an MLP 784-512-512-10 and a small CNN on 1x28x28 input
+(conv32-pool-conv64-pool-128-10). Three worker processes run the same model, weights and batch:
+this checkout's engine, the engine at `--base` (exported with `git archive`), and torch. Each
+imports only its own library, with its thread pools sized by environment before import
+(OMP/OPENBLAS/MKL_NUM_THREADS) and checked with threadpoolctl, so no process's idle pool spins
+on the cores the other one is timing. Blocks of `--steps` steps rotate between the three for
+`--rounds` rounds; the table reports each side's median block and the ratios of medians. The
+load average is printed beside every row: rows taken while it exceeds the core count were
+measured on a loaded machine.
 
-    .venv/bin/python benchmarks/engine_vs_torch.py [--threads 1 2] [--steps 20] [--repeats 5]
+Table 2: a Hessian-vector product (forward-over-reverse) against one gradient, for the MLP above
+(w.r.t. its parameters) and an MLP with about 1,000 parameters, and that small MLP's full
+Hessian by the engine (both modes) against torch.func.hessian.
+
+    .venv/bin/python benchmarks/engine_vs_torch.py [--base 89011d2] [--threads 1 2]
+        [--models mlp cnn] [--steps 10] [--rounds 9] [--skip-higher]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np
-import torch
-from threadpoolctl import threadpool_info, threadpool_limits
-
-import engine
-from engine import nn, optim
-from engine.nn import functional as F
-
+ROOT = Path(__file__).resolve().parent.parent
 BATCH = 128
-TARGETS = {"mlp": 1.5, "cnn": 3.0}
+TARGETS = {"mlp": 1.2, "cnn": 2.0}  # engine / torch at 2 threads (issue 16)
+DEFAULT_BASE = "89011d2"  # main before higher-order derivatives
 
 
-def build_mlp() -> tuple[nn.Module, torch.nn.Module, tuple[int, ...]]:
-    ours = nn.Sequential(
-        nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
-    )
-    t = torch.nn
-    theirs = t.Sequential(
-        t.Linear(784, 512), t.ReLU(), t.Linear(512, 512), t.ReLU(), t.Linear(512, 10)
-    )
-    return ours, theirs, (BATCH, 784)
+# --- the models, built the same way by every worker ------------------------------------------
 
 
-def build_cnn() -> tuple[nn.Module, torch.nn.Module, tuple[int, ...]]:
-    ours = nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, 10),
-    )  # fmt: skip
-    t = torch.nn
-    theirs = t.Sequential(
-        t.Conv2d(1, 32, 3, padding=1), t.ReLU(), t.MaxPool2d(2),
-        t.Conv2d(32, 64, 3, padding=1), t.ReLU(), t.MaxPool2d(2),
-        t.Flatten(), t.Linear(64 * 7 * 7, 128), t.ReLU(), t.Linear(128, 10),
-    )  # fmt: skip
-    return ours, theirs, (BATCH, 1, 28, 28)
+def layers(name: str) -> list[tuple]:
+    if name == "mlp":
+        return [("linear", 784, 512), ("relu",), ("linear", 512, 512), ("relu",),
+                ("linear", 512, 10)]  # fmt: skip
+    return [("conv", 1, 32), ("relu",), ("pool",), ("conv", 32, 64), ("relu",), ("pool",),
+            ("flatten",), ("linear", 64 * 7 * 7, 128), ("relu",), ("linear", 128, 10)]  # fmt: skip
 
 
-MODELS: dict[str, Callable[[], tuple[nn.Module, torch.nn.Module, tuple[int, ...]]]] = {
-    "mlp": build_mlp,
-    "cnn": build_cnn,
-}
+def input_shape(name: str) -> tuple[int, ...]:
+    return (BATCH, 784) if name == "mlp" else (BATCH, 1, 28, 28)
 
 
-def steppers(name: str) -> tuple[Callable[[], float], Callable[[], float]]:
-    """An engine step and a torch step over identical weights and data; each returns the loss."""
-    torch.manual_seed(0)
-    ours, theirs, shape = MODELS[name]()
-    ours.load_state_dict(theirs.state_dict())
+def init_weights(model_state: dict) -> dict:
+    """Seeded uniform(+-1/sqrt(fan_in)) weights by state_dict name, the same for every side."""
+    import numpy as np
+
     rng = np.random.default_rng(0)
-    x = rng.random(shape, dtype=np.float32)
-    y = rng.integers(0, 10, size=BATCH)
-    ex, ey = engine.Tensor(x), engine.Tensor(y)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-    opt = optim.SGD(ours.parameters(), lr=0.01, momentum=0.9)
-    t_opt = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
+    weights, fan_in = {}, 1
+    for key, shape in model_state.items():
+        if len(shape) > 1:
+            fan_in = int(np.prod(shape[1:]))
+        bound = 1.0 / np.sqrt(fan_in)
+        weights[key] = rng.uniform(-bound, bound, shape).astype(np.float32)
+    return weights
 
-    def engine_step() -> float:
+
+def batch(name: str):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    return rng.random(input_shape(name), dtype=np.float32), rng.integers(0, 10, BATCH)
+
+
+def engine_step(name: str) -> Callable[[], float]:
+    import engine
+    from engine import nn, optim
+    from engine.nn import functional as F
+
+    mods = []
+    for spec in layers(name):
+        kind = spec[0]
+        if kind == "linear":
+            mods.append(nn.Linear(spec[1], spec[2]))
+        elif kind == "conv":
+            mods.append(nn.Conv2d(spec[1], spec[2], 3, padding=1))
+        elif kind == "relu":
+            mods.append(nn.ReLU())
+        elif kind == "pool":
+            mods.append(nn.MaxPool2d(2))
+        else:
+            mods.append(nn.Flatten())
+    model = nn.Sequential(*mods)
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict(init_weights(state))
+    x, y = batch(name)
+    ex, ey = engine.Tensor(x), engine.Tensor(y)
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> float:
         opt.zero_grad()
-        loss = F.cross_entropy(ours(ex), ey)
+        loss = F.cross_entropy(model(ex), ey)
         loss.backward()
         opt.step()
         return loss.item()
 
-    def torch_step() -> float:
-        t_opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(theirs(tx), ty)
+    return step
+
+
+def torch_step(name: str) -> Callable[[], float]:
+    import torch
+
+    t = torch.nn
+    mods = []
+    for spec in layers(name):
+        kind = spec[0]
+        if kind == "linear":
+            mods.append(t.Linear(spec[1], spec[2]))
+        elif kind == "conv":
+            mods.append(t.Conv2d(spec[1], spec[2], 3, padding=1))
+        elif kind == "relu":
+            mods.append(t.ReLU())
+        elif kind == "pool":
+            mods.append(t.MaxPool2d(2))
+        else:
+            mods.append(t.Flatten())
+    model = t.Sequential(*mods)
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in init_weights(state).items()})
+    x, y = batch(name)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step() -> float:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(tx), ty)
         loss.backward()
-        t_opt.step()
+        opt.step()
         return loss.item()
 
-    first = (engine_step(), torch_step())
-    if abs(first[0] - first[1]) > 1e-4 * max(1.0, abs(first[1])):
-        raise SystemExit(f"{name}: first losses differ (engine {first[0]}, torch {first[1]})")
-    return engine_step, torch_step
+    return step
 
 
-def per_step_ms(step: Callable[[], float], steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) * 1000 / steps
+# --- a worker process: one library, one model, timed blocks on request ------------------------
 
 
-def measure(name: str, threads: int, steps: int, repeats: int) -> tuple[float, float]:
-    torch.set_num_threads(threads)
+def thread_env(threads: int) -> dict[str, str]:
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def worker(side: str, name: str, threads: int) -> None:
+    """Answer "run N" lines on stdin with one JSON line: per-step wall and CPU milliseconds."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if side == "torch":
+        import torch
+
+        torch.set_num_threads(threads)
+        step = torch_step(name)
+        lib = f"torch {torch.__version__}"
+    else:
+        import engine
+
+        step = engine_step(name)
+        lib = f"engine from {Path(engine.__file__).parent}"
+    pools = [
+        f"{p['internal_api']} {p.get('version')} {p.get('architecture', '')} x{p['num_threads']}"
+        for p in threadpool_info()
+    ]
     with threadpool_limits(limits=threads):
-        engine_step, torch_step = steppers(name)
-        for step in (engine_step, torch_step):  # warm-up
-            per_step_ms(step, 3)
-        ours, theirs = [], []
-        for _ in range(repeats):
-            ours.append(per_step_ms(engine_step, steps))
-            theirs.append(per_step_ms(torch_step, steps))
-    return statistics.median(ours), statistics.median(theirs)
+        first = step()
+        print(json.dumps({"lib": lib, "pools": pools, "loss": first}), flush=True)
+        for line in sys.stdin:
+            n = int(line.split()[1])
+            wall, cpu = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                step()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            print(json.dumps({"ms": wall * 1e3 / n, "cpu_ms": cpu * 1e3 / n}), flush=True)
+
+
+class Worker:
+    def __init__(self, side: str, name: str, threads: int, pythonpath: str | None) -> None:
+        env = {**os.environ, **thread_env(threads)}
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        self.side = side
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", "torch" if side == "torch" else "engine",
+             "--models", name, "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+        )  # fmt: skip
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.side} worker died (exit {self.proc.wait()})")
+        return json.loads(line)
+
+    def run(self, steps: int) -> dict:
+        self.proc.stdin.write(f"run {steps}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def export_engine(rev: str, target: Path) -> None:
+    """`engine/` as committed at `rev`, importable from `target` (put first on PYTHONPATH)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "engine"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f}/{five:.1f}"
+
+
+def first_order(args: argparse.Namespace, base_dir: Path) -> None:
+    print("| model | threads | engine ms | base ms | torch ms | engine/torch | base/torch | "
+          "engine/base | engine/base CPU | load 1/5 min |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
+        for threads in args.threads:
+            sides = {
+                "engine": Worker("engine", name, threads, str(ROOT)),
+                "base": Worker("base", name, threads, str(base_dir)),
+                "torch": Worker("torch", name, threads, None),
+            }
+            losses = {k: w.hello["loss"] for k, w in sides.items()}
+            if max(losses.values()) - min(losses.values()) > 1e-4 * max(1.0, losses["torch"]):
+                raise SystemExit(f"{name}: first losses differ {losses}")
+            if args.verbose:
+                for k, w in sides.items():
+                    print(f"<!-- {k}: {w.hello['lib']}; pools {w.hello['pools']} -->")
+            before = load()
+            times: dict[str, list[dict]] = {k: [] for k in sides}
+            order = list(sides)
+            for w in sides.values():
+                w.run(max(2, args.steps // 3))  # warm-up
+            for r in range(args.rounds):
+                for k in order[r % 3 :] + order[: r % 3]:
+                    times[k].append(sides[k].run(args.steps))
+            for w in sides.values():
+                w.close()
+            med = {k: statistics.median(t["ms"] for t in v) for k, v in times.items()}
+            cpu = {k: statistics.median(t["cpu_ms"] for t in v) for k, v in times.items()}
+            print(f"| {name} | {threads} | {med['engine']:.2f} | {med['base']:.2f} | "
+                  f"{med['torch']:.2f} | {med['engine'] / med['torch']:.2f}x | "
+                  f"{med['base'] / med['torch']:.2f}x | {med['engine'] / med['base']:.3f} | "
+                  f"{cpu['engine'] / cpu['base']:.3f} | {before} -> {load()} |",
+                  flush=True)  # fmt: skip
+            if args.verbose:
+                for k, v in times.items():
+                    print(f"<!-- {k} blocks ms: {[round(t['ms'], 2) for t in v]} -->")
+    print()
+    print(
+        "Targets at 2 threads: MLP <= 1.2x torch, CNN <= 2x; engine/base within 1.05. "
+        "engine/base CPU compares process CPU time per step (less sensitive to other load)."
+    )
+
+
+# --- higher order -------------------------------------------------------------------------
+
+
+def small_mlp_problem():
+    """An 8-40-16-1 tanh MLP (1,033 parameters) as a function of one flat parameter vector,
+    with its mean squared error on 64 fixed samples."""
+    import numpy as np
+
+    sizes = [(40, 8), (16, 40), (1, 16)]
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((64, 8))
+    y = rng.standard_normal((64, 1))
+    n = sum(o * i + o for o, i in sizes)
+    theta = rng.standard_normal(n) * 0.3
+    return sizes, x, y, theta
+
+
+def unflatten(theta, sizes, index_fn):
+    params, at = [], 0
+    for o, i in sizes:
+        w = index_fn(theta, at, at + o * i).reshape(o, i)
+        at += o * i
+        b = index_fn(theta, at, at + o)
+        at += o
+        params.append((w, b))
+    return params
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+def higher_order(args: argparse.Namespace) -> None:
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import engine
+    import engine.functional as F
+    from engine.autodiff import grad, hessian, hvp
+
+    threads = max(args.threads)
+    torch.set_num_threads(threads)
+    sizes, x, y, theta = small_mlp_problem()
+    ex, ey = engine.Tensor(x), engine.Tensor(y)
+
+    def loss_engine(th):
+        h = ex
+        params = unflatten(th, sizes, lambda t, a, b: t[a:b])
+        for k, (w, b) in enumerate(params):
+            h = F.linear(h, w, b)
+            if k < len(params) - 1:
+                h = h.tanh()
+        return F.mse_loss(h, ey)
+
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def loss_torch(th):
+        h = tx
+        params = unflatten(th, sizes, lambda t, a, b: t[a:b])
+        for k, (w, b) in enumerate(params):
+            h = torch.nn.functional.linear(h, w, b)
+            if k < len(params) - 1:
+                h = h.tanh()
+        return torch.nn.functional.mse_loss(h, ty)
+
+    v = np.random.default_rng(3).standard_normal(theta.size)
+    rows = []
+    with threadpool_limits(limits=threads):
+        g_ms = timed(lambda: grad(loss_engine)(theta), args.repeats)
+        h_ms = timed(lambda: hvp(loss_engine, theta, v), args.repeats)
+        rows.append(("MLP 8-40-16-1 (1,033 params), float64, batch 64", g_ms, h_ms))
+        big = big_mlp_problem()
+        g_ms = timed(lambda: grad(big["loss"])(big["theta"]), max(3, args.repeats // 3))
+        h_ms = timed(lambda: hvp(big["loss"], big["theta"], big["v"]), max(3, args.repeats // 3))
+        rows.append(("MLP 784-512-512-10 (669,706 params), float32, batch 128", g_ms, h_ms))
+        h_eng = engine.autodiff.hessian
+        fwd = timed(lambda: h_eng(loss_engine, "forward-over-reverse")(theta), 1)
+        rev = timed(lambda: h_eng(loss_engine, "reverse-over-reverse")(theta), 1)
+        tt = torch.from_numpy(theta)
+        ref = timed(lambda: torch.func.hessian(loss_torch)(tt), 3)
+        check = np.asarray(hessian(loss_engine)(theta))
+        err = np.abs(check - torch.func.hessian(loss_torch)(tt).numpy()).max()
+    print("| function | gradient ms | hvp ms | hvp / gradient | load 1/5 min |")
+    print("|---|---|---|---|---|")
+    for label, g_ms, h_ms in rows:
+        print(f"| {label} | {g_ms:.2f} | {h_ms:.2f} | {h_ms / g_ms:.2f}x | {load()} |")
+    print()
+    print(f"Hessian of the 1,033-parameter MLP loss ({theta.size}x{theta.size}, float64, "
+          f"{threads} threads; max |engine - torch| = {err:.1e}):")  # fmt: skip
+    print()
+    print("| method | ms | / torch.func.hessian |")
+    print("|---|---|---|")
+    print(f"| engine hessian, forward-over-reverse | {fwd:.0f} | {fwd / ref:.1f}x |")
+    print(f"| engine hessian, reverse-over-reverse | {rev:.0f} | {rev / ref:.1f}x |")
+    print(f"| torch.func.hessian (jacfwd(jacrev), vmapped) | {ref:.0f} | 1.0x |")
+    print(f"\nload 1/5 min after: {load()}")
+
+
+def big_mlp_problem() -> dict:
+    """The benchmark MLP's loss as a function of its flat float32 parameters."""
+    import numpy as np
+
+    import engine
+    import engine.functional as F
+
+    sizes = [(512, 784), (512, 512), (10, 512)]
+    state = {}
+    for k, (o, i) in enumerate(sizes):
+        state[f"{k}.weight"], state[f"{k}.bias"] = (o, i), (o,)
+    flat = np.concatenate([a.reshape(-1) for a in init_weights(state).values()])
+    x, y = batch("mlp")
+    ex, ey = engine.Tensor(x), engine.Tensor(y)
+
+    def loss(th):
+        h = ex
+        params = unflatten(th, sizes, lambda t, a, b: t[a:b])
+        for k, (w, b) in enumerate(params):
+            h = F.linear(h, w, b)
+            if k < len(params) - 1:
+                h = F.relu(h)
+        return F.cross_entropy(h, ey)
+
+    v = np.random.default_rng(4).standard_normal(flat.size).astype(np.float32)
+    return {"loss": loss, "theta": flat, "v": v}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating blocks per side")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=9, help="blocks per side")
+    parser.add_argument("--repeats", type=int, default=15, help="timings per higher-order row")
+    parser.add_argument("--base", default=DEFAULT_BASE, help="git revision of the baseline")
+    parser.add_argument("--skip-first-order", action="store_true")
+    parser.add_argument("--skip-higher", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="libraries, pools, every block")
+    parser.add_argument("--worker", choices=["engine", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.models[0], args.threads[0])
+        return
 
-    blas = ", ".join(f"{i['internal_api']} {i['version']}" for i in threadpool_info())
-    print(f"torch {torch.__version__}, numpy {np.__version__} ({blas}); float32, batch {BATCH}; "
-          f"{os.cpu_count()} CPUs, load average at start {os.getloadavg()[0]:.1f}")  # fmt: skip
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    blas = ", ".join(
+        f"{p['internal_api']} {p.get('version')} ({p.get('architecture', '?')})"
+        for p in threadpool_info()
+    )
+    coretype = os.environ.get("OPENBLAS_CORETYPE", "unset")
+    print(
+        f"numpy {np.__version__} ({blas}), OPENBLAS_CORETYPE {coretype}; {os.cpu_count()} "
+        f"CPUs; float32, batch {BATCH}; base {args.base}; load 1/5 min at start {load()}"
+    )
     print()
-    print("| model | threads | engine ms/step | torch ms/step | ratio | target |")
-    print("|---|---|---|---|---|---|")
-    for name in args.models:
-        for threads in args.threads:
-            ours, theirs = measure(name, threads, args.steps, args.repeats)
-            ratio = ours / theirs
-            verdict = "met" if ratio <= TARGETS[name] else "missed"
-            print(f"| {name} | {threads} | {ours:.1f} | {theirs:.1f} | {ratio:.2f}x | "
-                  f"<= {TARGETS[name]}x {verdict} |", flush=True)  # fmt: skip
-    print()
-    print(f"load average at end {os.getloadavg()[0]:.1f}")
+    if not args.skip_first_order:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_engine(args.base, Path(tmp))
+            first_order(args, Path(tmp))
+        print()
+    if not args.skip_higher:
+        higher_order(args)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from engine.tensor import (
 )
 
 _LAZY_SUBMODULES = frozenset(
-    {"nn", "optim", "data", "datasets", "checkpoint", "train", "autodiff", "functional"}
+    {"nn", "optim", "data", "datasets", "checkpoint", "train", "autodiff", "autograd", "functional"}
 )
 
 

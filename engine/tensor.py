@@ -1,13 +1,19 @@
-"""Tensor: a numpy array with a tape entry for reverse mode and a tangent for forward mode.
+"""Tensor: a numpy array with a tape entry for reverse mode and tangents for forward mode.
 
 `apply(op, inputs, **attrs)` is the only place a primitive runs: it computes the forward
-value, records a Node when gradients are wanted, pushes tangents through the op's JVP rule
-when dual numbers are live, and reports the application to an active trace.
+value, records a Node when gradients are wanted, pushes tangents through the op's JVP when
+dual numbers are live, and reports the application to an active trace.
+
+Derivative rules are written in engine ops, so the reverse walk (`backward`, `grad`) can record
+the gradient computation itself (`create_graph=True`) and tangents flow through it: that is what
+makes derivatives of derivatives work in both modes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,15 +24,26 @@ from engine.ops import REGISTRY, Primitive
 from engine.ops._util import norm_axes
 
 _grad_enabled = True
-_dual_depth = 0  # > 0 while engine.autodiff has dual numbers live
+# Forward mode: each live dual level has a unique id (so a tangent left on a tensor by a level
+# that has ended never matches a later one). Levels nest: while the JVP rule of level k runs,
+# only the levels outside it are visible, so a tangent's own tangents belong to outer levels.
+_levels: list[int] = []
+_visible = 0  # how many of _levels (from the outermost) apply() sees
+_level_ids = itertools.count(1)
+_creation = itertools.count()
+_recorder: list | None = None  # while set, apply() appends each taped output (see `recording`)
 
 P = REGISTRY
 
 
 class Node:
-    """A tape entry: the op, its input Tensors and arrays, attributes, output and saved state."""
+    """A tape entry: the op, its input Tensors and arrays, attributes, output and saved state.
 
-    __slots__ = ("op", "inputs", "xs", "attrs", "out", "saved", "needs")
+    `output` (the output Tensor) and `higher` (whether the rule's result will itself be
+    differentiated) are set only while a derivative rule runs, so the tape holds no cycles.
+    """
+
+    __slots__ = ("op", "inputs", "xs", "attrs", "out", "saved", "needs", "output", "higher")
 
     def __init__(self, op, inputs, xs, attrs, out, saved):
         self.op = op
@@ -36,55 +53,108 @@ class Node:
         self.out = out
         self.saved = saved
         self.needs = tuple(t.requires_grad for t in inputs)
+        self.output = None
+        self.higher = False
 
 
 def apply(op: type[Primitive], inputs: Sequence[Tensor], **attrs: Any) -> Tensor:
     """Run primitive `op` on Tensors: forward, tape, tangent and trace in one place."""
-    return apply_saving(op, inputs, **attrs)[0]
+    return _run(op, inputs, attrs)[0]
 
 
 def apply_saving(op: type[Primitive], inputs: Sequence[Tensor], **attrs: Any) -> tuple:
     """`apply` that also returns what the op's forward saved (batch_norm's batch statistics)."""
+    return _run(op, inputs, attrs)
+
+
+def _run(op: type[Primitive], inputs: Sequence[Tensor], attrs: dict) -> tuple:
     xs = [t.data for t in inputs]
-    res = op.forward(*xs, **attrs)
-    out, saved = res if op.saves else (res, None)
+    if op.saves:
+        out, saved = op.forward(*xs, **attrs)
+    else:
+        out, saved = op.forward(*xs, **attrs), None
     if type(out) is not np.ndarray:
         out = np.asarray(out)
-    requires = False
-    if _grad_enabled and op.differentiable and out.dtype.kind == "f":
+    differentiable = op.differentiable and out.dtype.kind == "f"
+    result = object.__new__(Tensor)
+    result.data = out
+    result._seq = next(_creation)
+    result.requires_grad = False
+    node = None
+    if _grad_enabled and differentiable:
         for t in inputs:
             if t.requires_grad:
-                requires = True
+                result.requires_grad = True
+                node = result._node = Node(op, inputs, xs, attrs, out, saved)
+                if _recorder is not None:
+                    _recorder.append(result)
                 break
-    dual = _dual_depth > 0 and any(t.tangent is not None for t in inputs)
-    result = Tensor._wrap(out, requires)
-    if requires or dual:
-        node = Node(op, inputs, xs, attrs, out, saved)
-        if requires:
-            result._node = node
-        if dual:
-            result.tangent = _push_tangent(op, node, inputs)
-    if tracing.active():
+    if _visible and differentiable:
+        levels = _live_levels(inputs)
+        if levels:
+            if node is None:
+                node = Node(op, inputs, xs, attrs, out, saved)
+            _push_tangents(op, node, result, levels)
+    if tracing._live and tracing.active():
         tracing.record(op, inputs, attrs, [result])
     return result, saved
 
 
-def _push_tangent(op, node, inputs):
-    tangents = []
-    for t, x in zip(inputs, node.xs, strict=True):
-        if t.tangent is not None:
-            tangents.append(t.tangent)
-        elif x.dtype.kind == "f":
-            tangents.append(np.zeros_like(x))
-        else:
-            tangents.append(None)
-    out_t = op.jvp(tangents, node)
-    if out_t is None or node.out.dtype.kind != "f":
-        return None
-    out_t = np.asarray(out_t, dtype=node.out.dtype)
-    if out_t.shape != node.out.shape:
-        out_t = np.broadcast_to(out_t, node.out.shape).copy()
-    return out_t
+def _live_levels(tensors: Sequence[Tensor]) -> list[int]:
+    """Positions in _levels (visible ones only) at which some of `tensors` carry a tangent."""
+    found = []
+    for k in range(_visible):
+        level = _levels[k]
+        for t in tensors:
+            if t._tan is not None and level in t._tan:
+                found.append(k)
+                break
+    return found
+
+
+def _push_tangents(op, node, result, positions):
+    """The output's tangent at each live level, from the op's JVP rule run with that level and
+    the ones inside it hidden."""
+    global _visible
+    visible = _visible
+    for k in positions:
+        level = _levels[k]
+        tangents = [t._tan.get(level) if t._tan is not None else None for t in node.inputs]
+        _visible = k
+        node.output = result
+        node.higher = k > 0 or (
+            _grad_enabled
+            and any(t is not None and t.requires_grad for t in (*node.inputs, *tangents))
+        )
+        try:
+            if not op.higher_order and node.higher:
+                raise _first_order_only(op, "push a tangent through it inside another transform")
+            out_t = op.jvp(tangents, node)
+        finally:
+            _visible = visible
+            node.output = None
+        if out_t is None:
+            continue
+        if not isinstance(out_t, Tensor):
+            out_t = Tensor._wrap(np.asarray(out_t))
+        _visible = k
+        try:
+            if out_t.dtype != result.dtype:
+                out_t = out_t.astype(result.dtype)
+            if out_t.shape != result.shape:
+                out_t = out_t.broadcast_to(result.shape)
+        finally:
+            _visible = visible
+        if result._tan is None:
+            result._tan = {}
+        result._tan[level] = out_t
+
+
+def _first_order_only(op, doing: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"primitive {op.name!r} has a first-order derivative only (higher_order = False): "
+        f"cannot {doing}; write its derivative rule in engine ops to allow higher derivatives"
+    )
 
 
 def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
@@ -103,30 +173,44 @@ def _as_array(data: Any, dtype: Any = None) -> np.ndarray:
 class Tensor:
     """An n-dimensional array (numpy underneath) that records operations for autodiff."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_node", "tangent", "_retain", "__weakref__",
-                 "__dict__")  # fmt: skip
+    __slots__ = ("data", "requires_grad", "_seq", "__weakref__", "__dict__")
     __array_priority__ = 1000  # ndarray (op) Tensor defers to Tensor's reflected operators
+    # Set on few tensors, so class-level defaults (instances that set them use __dict__):
+    grad: Any = None  # an ndarray, or a Tensor after backward(create_graph=True)
+    _node: Node | None = None  # the tape entry that made this tensor
+    _tan: dict | None = None  # {dual level id: tangent Tensor}
+    _retain = False  # keep .grad on a non-leaf (retain_grad)
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None) -> None:
         self.data = _as_array(data, dtype)
         if requires_grad and self.data.dtype.kind not in "fc":
             raise TypeError(f"only floating tensors can require gradients, not {self.dtype}")
         self.requires_grad = bool(requires_grad)
-        self.grad = None
-        self._node = None
-        self.tangent = None
-        self._retain = False
+        self._seq = next(_creation)  # a tensor depends only on tensors made before it
 
     @classmethod
     def _wrap(cls, data: np.ndarray, requires_grad: bool = False) -> Tensor:
         t = object.__new__(Tensor)
         t.data = data
         t.requires_grad = requires_grad
-        t.grad = None
-        t._node = None
-        t.tangent = None
-        t._retain = False
+        t._seq = next(_creation)
         return t
+
+    @property
+    def tangent(self) -> np.ndarray | None:
+        """The forward-mode tangent as an array (of the innermost dual level that set one)."""
+        if not self._tan:
+            return None
+        return self._tan[max(self._tan)].data
+
+    @tangent.setter
+    def tangent(self, value: Any) -> None:
+        if value is None:
+            self._tan = None
+            return
+        level = _levels[-1] if _levels else 0
+        tan = value if isinstance(value, Tensor) else Tensor(np.asarray(value, dtype=self.dtype))
+        self._tan = {**(self._tan or {}), level: tan}
 
     # --- introspection ---------------------------------------------------------------
     @property
@@ -205,21 +289,21 @@ class Tensor:
         """The same data, cut from the graph."""
         return apply(P["detach"], [self])
 
-    def backward(self, grad: Any = None) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's .grad (iterative reverse walk)."""
+    def backward(self, grad: Any = None, create_graph: bool = False,
+                 inputs: Sequence[Tensor] | None = None) -> None:  # fmt: skip
+        """Accumulate d(self)/d(leaf) into every leaf's .grad (iterative reverse walk).
+
+        With `create_graph=True` the walk is itself recorded: each .grad is then a Tensor that
+        can be differentiated again (a gradient penalty, a Hessian-vector product), as in torch.
+        `inputs` limits the accumulation to those tensors.
+        """
         if not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad")
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(
-                    f"backward() needs a grad argument for a non-scalar output {self.shape}"
-                )
-            g = np.ones(self.shape, dtype=self.dtype)
-        else:
-            g = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
-            if g.shape != self.shape:
-                g = np.broadcast_to(g, self.shape)
-        backward([self], [g])
+        if grad is None and self.data.size != 1:
+            raise RuntimeError(
+                f"backward() needs a grad argument for a non-scalar output {self.shape}"
+            )
+        backward([self], [grad], create_graph=create_graph, inputs=inputs)
 
     # --- arithmetic -------------------------------------------------------------------
     def _lift(self, other: Any) -> Tensor:
@@ -378,7 +462,7 @@ class Tensor:
         axes = self._axes(dim, axis)
         keep = keepdim if keepdims is None else keepdims
         corr = (1 if unbiased else 0) if correction is None else correction
-        n = int(np.prod([self.shape[a] for a in axes]))
+        n = math.prod(self.shape[a] for a in axes)
         centred = self - self.mean(axes, keepdim=True)
         return (centred * centred).sum(axes, keepdim=keep) / max(n - corr, 0)
 
@@ -409,7 +493,7 @@ class Tensor:
         if self.ndim == 0:
             return self.reshape(1)
         s, e = start_dim % self.ndim, end_dim % self.ndim
-        shape = self.shape[:s] + (int(np.prod(self.shape[s : e + 1])),) + self.shape[e + 1 :]
+        shape = self.shape[:s] + (math.prod(self.shape[s : e + 1]),) + self.shape[e + 1 :]
         return self.reshape(shape)
 
     def squeeze(self, dim: int | Sequence[int] | None = None) -> Tensor:
@@ -479,10 +563,10 @@ def _shape_arg(shape: tuple) -> tuple[int, ...]:
 
 def _resolve_shape(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
     if -1 not in shape:
-        if int(np.prod(shape)) != size:
+        if math.prod(shape) != size:
             raise ValueError(f"cannot reshape {size} elements into shape {shape}")
         return shape
-    known = int(np.prod([n for n in shape if n != -1]))
+    known = math.prod(n for n in shape if n != -1)
     if shape.count(-1) > 1 or known == 0 or size % known:
         raise ValueError(f"cannot reshape {size} elements into shape {shape}")
     return tuple(size // known if n == -1 else n for n in shape)
@@ -516,42 +600,149 @@ class Parameter(Tensor):
 # --- the reverse walk ---------------------------------------------------------------------
 
 
-def backward(outputs: Sequence[Tensor], grads: Sequence[np.ndarray]) -> None:
-    """Reverse-mode sweep from `outputs` seeded with `grads`, accumulating into leaves."""
-    order = _topological(outputs)
-    pending: dict[int, np.ndarray] = {}
-    for t, g in zip(outputs, grads, strict=True):
-        pending[id(t)] = pending[id(t)] + g if id(t) in pending else g
-    for t in reversed(order):
-        g = pending.pop(id(t), None)
-        if g is None:
-            continue
-        node = t._node
-        if node is None or t._retain:
-            if t.grad is None:
-                t.grad = np.array(g, dtype=t.dtype, copy=True)
-            else:
-                t.grad += g
-        if node is None:
-            continue
-        in_grads = node.op.vjp(g, node)
-        for inp, gi in zip(node.inputs, in_grads, strict=True):
-            if gi is None or not inp.requires_grad:
+def _seed(t: Tensor, g: Any) -> Tensor:
+    """The cotangent a walk starts from: ones for a scalar, else `g` in t's dtype and shape."""
+    if g is None:
+        if t.data.size != 1:
+            raise RuntimeError(f"a gradient is needed for the non-scalar output {t.shape}")
+        return Tensor._wrap(np.ones(t.shape, dtype=t.dtype))
+    if not isinstance(g, Tensor):
+        g = Tensor._wrap(np.asarray(g, dtype=t.dtype))
+    elif g.dtype != t.dtype:
+        g = g.astype(t.dtype)
+    if g.shape != t.shape:
+        g = g.broadcast_to(t.shape)
+    return g
+
+
+def backward(outputs: Sequence[Tensor], grads: Sequence[Any], create_graph: bool = False,
+             inputs: Sequence[Tensor] | None = None) -> None:  # fmt: skip
+    """Reverse-mode sweep from `outputs` seeded with `grads`, accumulating into leaves' .grad
+    (into `inputs`' .grad only, when given)."""
+    seeds = [_seed(t, g) for t, g in zip(outputs, grads, strict=True)]
+    found = _walk(outputs, seeds, inputs, create_graph, accumulate=inputs is None)
+    for t, g in zip(inputs or (), found, strict=False):
+        if g is not None:
+            _accumulate(t, g, create_graph)
+
+
+def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
+         grad_outputs: Any = None, create_graph: bool = False,
+         allow_unused: bool = False) -> tuple[Tensor | None, ...]:  # fmt: skip
+    """d outputs / d inputs as Tensors, leaving every .grad alone (torch.autograd.grad).
+
+    `grad_outputs` seeds each output (ones for scalars when omitted). With `create_graph=True`
+    the result is recorded, so it can be differentiated again. An input the outputs do not
+    depend on gets None with `allow_unused=True` and raises otherwise.
+    """
+    outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    elif isinstance(grad_outputs, Tensor | np.ndarray):
+        grad_outputs = [grad_outputs]
+    for i, t in enumerate(inputs):
+        if not isinstance(t, Tensor) or not t.requires_grad:
+            raise RuntimeError(f"input {i} of grad() does not require grad")
+    live = [(t, g) for t, g in zip(outputs, grad_outputs, strict=True) if t.requires_grad]
+    seeds = [_seed(t, g) for t, g in live]
+    found = _walk([t for t, _ in live], seeds, inputs, create_graph, accumulate=False)
+    for i, g in enumerate(found):
+        if g is None and not allow_unused:
+            raise RuntimeError(
+                f"input {i} of grad() is not used to compute the outputs (pass allow_unused=True)"
+            )
+    return tuple(found)
+
+
+def _accumulate(t: Tensor, g: Tensor, create_graph: bool) -> None:
+    """Add a gradient into t.grad: an array, or a differentiable Tensor under create_graph."""
+    if create_graph:
+        if t.grad is None:
+            t.grad = g
+        else:
+            old = t.grad if isinstance(t.grad, Tensor) else Tensor._wrap(np.asarray(t.grad))
+            t.grad = old + g
+    elif t.grad is None:
+        t.grad = np.array(g.data, dtype=t.dtype, copy=True)
+    elif isinstance(t.grad, Tensor):
+        t.grad = t.grad.data + g.data
+    else:
+        t.grad += g.data
+
+
+def _walk(outputs: Sequence[Tensor], seeds: Sequence[Tensor], inputs: Sequence[Tensor] | None,
+          create_graph: bool, accumulate: bool) -> list[Tensor | None]:  # fmt: skip
+    """The reverse walk. Cotangents are Tensors and each node's rule runs in engine ops, under
+    grad mode when `create_graph` (so the walk is recorded) and with any live tangents flowing
+    through it (forward-over-reverse). Leaves (and retain_grad tensors) accumulate into .grad
+    when `accumulate`; the cotangents reaching `inputs` are returned, and the walk is pruned
+    to the part of the graph between the outputs and those inputs."""
+    floor = min((t._seq for t in inputs), default=0) if inputs is not None else 0
+    order = _topological(outputs, floor)
+    targets: dict[int, int] = {}
+    if inputs is not None:
+        targets = {id(t): k for k, t in enumerate(inputs)}
+        leads: set[int] = set()
+        for t in order:  # post-order: a tensor's inputs come before it
+            if id(t) in targets or (
+                t._node is not None and any(id(i) in leads for i in t._node.inputs)
+            ):
+                leads.add(id(t))
+        order = [t for t in order if id(t) in leads]
+    found: list[Tensor | None] = [None] * len(inputs or ())
+    pending: dict[int, Tensor] = {}
+    with _grad_mode(create_graph):
+        for t, g in zip(outputs, seeds, strict=True):
+            pending[id(t)] = pending[id(t)] + g if id(t) in pending else g
+        for t in reversed(order):
+            g = pending.pop(id(t), None)
+            if g is None:
                 continue
-            if gi.shape != inp.data.shape:
-                raise RuntimeError(
-                    f"vjp of {node.op.name!r} gave a gradient of shape {gi.shape} "
-                    f"for an input of shape {inp.data.shape}"
-                )
-            k = id(inp)
-            pending[k] = pending[k] + gi if k in pending else gi
+            node = t._node
+            if targets and id(t) in targets:
+                found[targets[id(t)]] = g
+            elif accumulate and (node is None or t._retain):
+                _accumulate(t, g, create_graph)
+            if node is None:
+                continue
+            for inp, gi in zip(node.inputs, _vjp(node, t, g, create_graph), strict=True):
+                if gi is None or not inp.requires_grad or (targets and id(inp) not in leads):
+                    continue
+                if not isinstance(gi, Tensor):
+                    gi = Tensor._wrap(np.asarray(gi))
+                if gi.shape != inp.data.shape:
+                    raise RuntimeError(
+                        f"vjp of {node.op.name!r} gave a gradient of shape {gi.shape} "
+                        f"for an input of shape {inp.data.shape}"
+                    )
+                k = id(inp)
+                pending[k] = pending[k] + gi if k in pending else gi
+    return found
 
 
-def _topological(outputs: Sequence[Tensor]) -> list[Tensor]:
-    """Post-order of the graph above `outputs`, with an explicit stack (no recursion limit)."""
+def _vjp(node: Node, out: Tensor, g: Tensor, create_graph: bool) -> tuple:
+    """Run the node's reverse rule with the output Tensor and `higher` set for its duration."""
+    op = node.op
+    node.output = out
+    node.higher = create_graph or bool(_visible and _live_levels([g, *node.inputs]))
+    try:
+        if node.higher and not op.higher_order:
+            raise _first_order_only(op, "differentiate its derivative (create_graph or a tangent)")
+        return op.vjp(g, node)
+    finally:
+        node.output = None
+
+
+def _topological(outputs: Sequence[Tensor], floor: int = 0) -> list[Tensor]:
+    """Post-order of the graph above `outputs`, with an explicit stack (no recursion limit).
+
+    Tensors made before `floor` (the oldest of a walk's inputs) cannot lead to those inputs, so
+    the search stops there instead of visiting the whole graph above them.
+    """
     order: list[Tensor] = []
     seen: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(t, False) for t in outputs if t.requires_grad]
+    stack = [(t, False) for t in outputs if t.requires_grad and t._seq >= floor]
     while stack:
         t, done = stack.pop()
         if done:
@@ -563,12 +754,25 @@ def _topological(outputs: Sequence[Tensor]) -> list[Tensor]:
         stack.append((t, True))
         if t._node is not None:
             for inp in t._node.inputs:
-                if inp.requires_grad and id(inp) not in seen:
+                if inp.requires_grad and inp._seq >= floor and id(inp) not in seen:
                     stack.append((inp, False))
     return order
 
 
 # --- grad mode ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[list[Tensor]]:
+    """Collect, in creation order (a topological order), the outputs taped inside the block,
+    with grad mode on: a small graph that can be walked back without searching it."""
+    global _recorder, _grad_enabled
+    previous = _recorder, _grad_enabled
+    _recorder, _grad_enabled = [], True
+    try:
+        yield _recorder
+    finally:
+        _recorder, _grad_enabled = previous
 
 
 @contextlib.contextmanager
@@ -609,6 +813,25 @@ class enable_grad(no_grad):  # noqa: N801
 
 def is_grad_enabled() -> bool:
     return _grad_enabled
+
+
+@contextlib.contextmanager
+def dual_level() -> Iterator[int]:
+    """A scope in which tensors may carry tangents (like torch.autograd.forward_ad.dual_level).
+
+    Levels nest (forward over forward): each gets a fresh id, and the tangents of an inner level
+    are themselves tensors that may carry tangents of the outer ones. Yields the level's id.
+    """
+    global _visible
+    level = next(_level_ids)
+    _levels.append(level)
+    previous = _visible
+    _visible = len(_levels)
+    try:
+        yield level
+    finally:
+        _levels.pop()
+        _visible = previous
 
 
 # --- creation -----------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _local = threading.local()
+_live = 0  # traces open on any thread: active() reads this before the (slower) thread-local
+_live_lock = threading.Lock()
 
 
 def _traces() -> list[Trace]:
@@ -51,7 +53,7 @@ class Trace:
 
 def active() -> bool:
     """Whether any trace is recording on this thread (checked on every primitive call)."""
-    return bool(getattr(_local, "traces", None))
+    return _live > 0 and bool(getattr(_local, "traces", None))
 
 
 def record(op: Any, inputs: list, attrs: dict, outputs: list) -> None:
@@ -67,11 +69,16 @@ def current_scope() -> str:
 @contextlib.contextmanager
 def trace() -> Iterator[Trace]:
     """Record the primitives run inside the block into the yielded Trace."""
+    global _live
     tr = Trace()
     _traces().append(tr)
+    with _live_lock:
+        _live += 1
     try:
         yield tr
     finally:
+        with _live_lock:
+            _live -= 1
         _traces().remove(tr)
 
 

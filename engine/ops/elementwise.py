@@ -1,4 +1,9 @@
-"""Element-wise primitives: arithmetic, unary math, activations, comparisons, where, cast."""
+"""Element-wise primitives: arithmetic, unary math, activations, comparisons, where, cast.
+
+Each differentiable one states `scale(node, i, v)`: d out / d x_i times v, in engine ops. The
+Jacobian of an element-wise op is diagonal, so that one product is both the JVP (v a tangent)
+and the VJP (v a cotangent, summed back over broadcast axes by the base class).
+"""
 
 from __future__ import annotations
 
@@ -6,94 +11,82 @@ import math
 
 import numpy as np
 
-from engine.ops import Primitive, register
-from engine.ops._util import TWO_OVER_SQRT_PI, erf, onnx_dtype, onnx_scalar, unbroadcast
+from engine.ops import Elementwise, Linear, Primitive, register
+from engine.ops._util import TWO_OVER_SQRT_PI, erf, onnx_dtype, onnx_scalar
+from engine.tensor import Tensor, apply
 
 
-def _grads(node, *gs):
-    """Per-input cotangents reduced to each input's shape; None where not needed."""
-    return tuple(
-        unbroadcast(g, x.shape) if need and g is not None else None
-        for g, x, need in zip(gs, node.xs, node.needs, strict=True)
-    )
+def _const(a: np.ndarray) -> Tensor:
+    """A piecewise-constant factor (a mask, a sign, a tie split): no derivative of its own."""
+    return Tensor._wrap(a)
 
 
 @register
-class Add(Primitive):
+class Add(Elementwise):
     name = "add"
 
     def forward(a, b):
         return a + b
 
-    def vjp(g, node):
-        return _grads(node, g, g)
-
-    def jvp(t, node):
-        return t[0] + t[1]
+    def scale(node, i, v):
+        return v
 
     def onnx(ctx, ins, node):
         return ctx.node("Add", ins)
 
 
 @register
-class Sub(Primitive):
+class Sub(Elementwise):
     name = "sub"
 
     def forward(a, b):
         return a - b
 
-    def vjp(g, node):
-        return _grads(node, g, -g if node.needs[1] else None)
-
-    def jvp(t, node):
-        return t[0] - t[1]
+    def scale(node, i, v):
+        return v if i == 0 else -v
 
     def onnx(ctx, ins, node):
         return ctx.node("Sub", ins)
 
 
 @register
-class Mul(Primitive):
+class Mul(Elementwise):
     name = "mul"
 
     def forward(a, b):
         return a * b
 
-    def vjp(g, node):
-        a, b = node.xs
-        return _grads(node, g * b if node.needs[0] else None, g * a if node.needs[1] else None)
-
-    def jvp(t, node):
-        a, b = node.xs
-        return t[0] * b + a * t[1]
+    def scale(node, i, v):  # d(ab)/da = b, d(ab)/db = a
+        return v * node.inputs[1 - i]
 
     def onnx(ctx, ins, node):
         return ctx.node("Mul", ins)
 
 
 @register
-class Div(Primitive):
+class Div(Elementwise):
     name = "div"
 
     def forward(a, b):
         return a / b
 
-    def vjp(g, node):
-        a, b = node.xs
-        ga = g / b if node.needs[0] else None
-        gb = -g * node.out / b if node.needs[1] else None
-        return _grads(node, ga, gb)
-
-    def jvp(t, node):
-        b = node.xs[1]
-        return (t[0] - node.out * t[1]) / b
+    def scale(node, i, v):  # d(a/b)/da = 1/b, d(a/b)/db = -(a/b)/b
+        b = node.inputs[1]
+        return v / b if i == 0 else -(v * node.output) / b
 
     def onnx(ctx, ins, node):
         return ctx.node("Div", ins)
 
 
+def _log_positive(a: Tensor) -> Tensor:
+    """log(a) where a > 0 and 0 elsewhere (the exponent's derivative of a ** b)."""
+    pos = _const(a.data > 0)
+    safe = apply(Where, [pos, a, a._lift(1.0)])
+    return apply(Where, [pos, safe.log(), a._lift(0.0)])
+
+
 @register
-class Pow(Primitive):
+class Pow(Elementwise):
     """a ** b; the exponent may be a tensor (its gradient uses log(a))."""
 
     name = "pow"
@@ -101,21 +94,11 @@ class Pow(Primitive):
     def forward(a, b):
         return a**b
 
-    def vjp(g, node):
-        a, b = node.xs
-        ga = g * b * a ** (b - 1) if node.needs[0] else None
-        gb = None
-        if node.needs[1]:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                gb = g * node.out * np.where(a > 0, np.log(np.where(a > 0, a, 1)), 0)
-        return _grads(node, ga, gb)
-
-    def jvp(t, node):
-        a, b = node.xs
-        out = t[0] * b * a ** (b - 1)
-        if t[1] is not None and np.any(t[1]):
-            out = out + t[1] * node.out * np.where(a > 0, np.log(np.where(a > 0, a, 1)), 0)
-        return out
+    def scale(node, i, v):  # d(a^b)/da = b a^(b-1), d(a^b)/db = a^b log(a)
+        a, b = node.inputs
+        if i == 0:
+            return v * (b * a ** (b - 1))
+        return v * (node.output * _log_positive(a))
 
     def onnx(ctx, ins, node):
         return ctx.node("Pow", ins)
@@ -128,233 +111,195 @@ def _tie_split(a, b, first):
 
 
 @register
-class Maximum(Primitive):
+class Maximum(Elementwise):
     name = "maximum"
 
     def forward(a, b):
         return np.maximum(a, b)
 
-    def vjp(g, node):
-        a, b = node.xs
-        share = _tie_split(a, b, True)
-        return _grads(node, g * share, g * (1 - share))
-
-    def jvp(t, node):
+    def scale(node, i, v):
         share = _tie_split(*node.xs, True)
-        return t[0] * share + t[1] * (1 - share)
+        return v * _const(share if i == 0 else 1 - share)
 
     def onnx(ctx, ins, node):
         return ctx.node("Max", ins)
 
 
 @register
-class Minimum(Primitive):
+class Minimum(Elementwise):
     name = "minimum"
 
     def forward(a, b):
         return np.minimum(a, b)
 
-    def vjp(g, node):
-        a, b = node.xs
-        share = _tie_split(a, b, False)
-        return _grads(node, g * share, g * (1 - share))
-
-    def jvp(t, node):
+    def scale(node, i, v):
         share = _tie_split(*node.xs, False)
-        return t[0] * share + t[1] * (1 - share)
+        return v * _const(share if i == 0 else 1 - share)
 
     def onnx(ctx, ins, node):
         return ctx.node("Min", ins)
 
 
 @register
-class Neg(Primitive):
+class Neg(Elementwise):
     name = "neg"
 
     def forward(x):
         return -x
 
-    def vjp(g, node):
-        return (-g,)
-
-    def jvp(t, node):
-        return -t[0]
+    def scale(node, i, v):
+        return -v
 
     def onnx(ctx, ins, node):
         return ctx.node("Neg", ins)
 
 
 @register
-class Exp(Primitive):
+class Exp(Elementwise):
     name = "exp"
 
     def forward(x):
         return np.exp(x)
 
-    def vjp(g, node):
-        return (g * node.out,)
-
-    def jvp(t, node):
-        return t[0] * node.out
+    def scale(node, i, v):
+        return v * node.output
 
     def onnx(ctx, ins, node):
         return ctx.node("Exp", ins)
 
 
 @register
-class Log(Primitive):
+class Log(Elementwise):
     name = "log"
 
     def forward(x):
         return np.log(x)
 
-    def vjp(g, node):
-        return (g / node.xs[0],)
-
-    def jvp(t, node):
-        return t[0] / node.xs[0]
+    def scale(node, i, v):
+        return v / node.inputs[0]
 
     def onnx(ctx, ins, node):
         return ctx.node("Log", ins)
 
 
 @register
-class Sqrt(Primitive):
+class Sqrt(Elementwise):
     name = "sqrt"
 
     def forward(x):
         return np.sqrt(x)
 
-    def vjp(g, node):
-        return (g / (2 * node.out),)
-
-    def jvp(t, node):
-        return t[0] / (2 * node.out)
+    def scale(node, i, v):
+        return v / (node.output * 2.0)
 
     def onnx(ctx, ins, node):
         return ctx.node("Sqrt", ins)
 
 
 @register
-class Abs(Primitive):
+class Abs(Elementwise):
     name = "abs"
 
     def forward(x):
         return np.abs(x)
 
-    def vjp(g, node):
-        return (g * np.sign(node.xs[0]),)
-
-    def jvp(t, node):
-        return t[0] * np.sign(node.xs[0])
+    def scale(node, i, v):
+        return v * _const(np.sign(node.xs[0]))
 
     def onnx(ctx, ins, node):
         return ctx.node("Abs", ins)
 
 
 @register
-class Tanh(Primitive):
+class Tanh(Elementwise):
     name = "tanh"
 
     def forward(x):
         return np.tanh(x)
 
-    def vjp(g, node):
-        return (g * (1 - node.out * node.out),)
-
-    def jvp(t, node):
-        return t[0] * (1 - node.out * node.out)
+    def scale(node, i, v):
+        y = node.output
+        return v * (1.0 - y * y)
 
     def onnx(ctx, ins, node):
         return ctx.node("Tanh", ins)
 
 
 @register
-class Sigmoid(Primitive):
+class Sigmoid(Elementwise):
     name = "sigmoid"
 
     def forward(x):
         # tanh form: no overflow for large |x|, keeps the input's float dtype
         return 0.5 * (1 + np.tanh(0.5 * x))
 
-    def vjp(g, node):
-        return (g * node.out * (1 - node.out),)
-
-    def jvp(t, node):
-        return t[0] * node.out * (1 - node.out)
+    def scale(node, i, v):
+        y = node.output
+        return v * (y * (1.0 - y))
 
     def onnx(ctx, ins, node):
         return ctx.node("Sigmoid", ins)
 
 
 @register
-class Relu(Primitive):
+class Relu(Elementwise):
     name = "relu"
 
     def forward(x):
         return np.maximum(x, 0)
 
-    def vjp(g, node):
-        return (g * (node.xs[0] > 0),)
-
-    def jvp(t, node):
-        return t[0] * (node.xs[0] > 0)
+    def scale(node, i, v):
+        return v * _const(node.xs[0] > 0)
 
     def onnx(ctx, ins, node):
         return ctx.node("Relu", ins)
 
 
 @register
-class LeakyRelu(Primitive):
+class LeakyRelu(Elementwise):
     name = "leaky_relu"
 
     def forward(x, negative_slope=0.01):
         return np.where(x > 0, x, x * np.asarray(negative_slope, x.dtype))
 
-    def vjp(g, node):
+    def scale(node, i, v):
         x = node.xs[0]
-        return (np.where(x > 0, g, g * np.asarray(node.attrs["negative_slope"], g.dtype)),)
-
-    def jvp(t, node):
-        x = node.xs[0]
-        return np.where(x > 0, t[0], t[0] * node.attrs["negative_slope"])
+        slope = np.asarray(node.attrs["negative_slope"], x.dtype)
+        return v * _const(np.where(x > 0, np.ones((), x.dtype), slope))
 
     def onnx(ctx, ins, node):
         return ctx.node("LeakyRelu", ins, alpha=float(node.attrs["negative_slope"]))
 
 
 @register
-class Erf(Primitive):
+class Erf(Elementwise):
     name = "erf"
 
     def forward(x):
         return erf(x)
 
-    def vjp(g, node):
-        x = node.xs[0]
-        return (g * (TWO_OVER_SQRT_PI * np.exp(-x * x)).astype(g.dtype, copy=False),)
-
-    def jvp(t, node):
-        x = node.xs[0]
-        return t[0] * TWO_OVER_SQRT_PI * np.exp(-x * x)
+    def scale(node, i, v):  # erf'(x) = 2/sqrt(pi) exp(-x^2)
+        x = node.inputs[0]
+        return v * ((-(x * x)).exp() * TWO_OVER_SQRT_PI)
 
     def onnx(ctx, ins, node):
         return ctx.node("Erf", ins)
 
 
-def _gelu_grad(x, approximate):
+def _gelu_slope(x: Tensor, approximate: str) -> Tensor:
+    """d gelu / dx in engine ops: Phi(x) + x phi(x), or the tanh form's derivative."""
     if approximate == "tanh":
         k = math.sqrt(2 / math.pi)
-        u = k * (x + 0.044715 * x**3)
-        th = np.tanh(u)
-        return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * k * (1 + 3 * 0.044715 * x * x)
-    cdf = 0.5 * (1 + erf(x * (1 / math.sqrt(2))))
-    pdf = np.exp(-0.5 * x * x) * (1 / math.sqrt(2 * math.pi))
-    return (cdf + x * pdf).astype(x.dtype, copy=False)
+        x2 = x * x
+        th = ((x + x2 * x * 0.044715) * k).tanh()
+        return (th + 1.0) * 0.5 + x * (1.0 - th * th) * ((x2 * (3 * 0.044715) + 1.0) * (0.5 * k))
+    cdf = (apply(Erf, [x * (1 / math.sqrt(2))]) + 1.0) * 0.5
+    pdf = (x * x * -0.5).exp() * (1 / math.sqrt(2 * math.pi))
+    return cdf + x * pdf
 
 
 @register
-class Gelu(Primitive):
+class Gelu(Elementwise):
     """x * Phi(x): exact erf form by default, tanh approximation with approximate='tanh'."""
 
     name = "gelu"
@@ -365,11 +310,8 @@ class Gelu(Primitive):
             return 0.5 * x * (1 + np.tanh(k * (x + 0.044715 * x**3)))
         return 0.5 * x * (1 + erf(x * (1 / math.sqrt(2))).astype(x.dtype, copy=False))
 
-    def vjp(g, node):
-        return (g * _gelu_grad(node.xs[0], node.attrs["approximate"]),)
-
-    def jvp(t, node):
-        return t[0] * _gelu_grad(node.xs[0], node.attrs["approximate"])
+    def scale(node, i, v):
+        return v * _gelu_slope(node.inputs[0], node.attrs["approximate"])
 
     def onnx(ctx, ins, node):
         approximate = node.attrs["approximate"]
@@ -391,7 +333,7 @@ class Gelu(Primitive):
 
 
 @register
-class Clip(Primitive):
+class Clip(Elementwise):
     """clamp(x, min, max); either bound may be None. Gradient passes where min <= x <= max."""
 
     name = "clip"
@@ -399,11 +341,8 @@ class Clip(Primitive):
     def forward(x, min=None, max=None):
         return np.clip(x, min, max)
 
-    def vjp(g, node):
-        return (g * _inside(node),)
-
-    def jvp(t, node):
-        return t[0] * _inside(node)
+    def scale(node, i, v):
+        return v * _const(_inside(node))
 
     def onnx(ctx, ins, node):
         dt = node.inputs[0].dtype
@@ -427,7 +366,7 @@ def _inside(node):
 
 
 @register
-class Where(Primitive):
+class Where(Elementwise):
     """cond ? a : b; the boolean condition gets no gradient."""
 
     name = "where"
@@ -435,15 +374,9 @@ class Where(Primitive):
     def forward(cond, a, b):
         return np.where(cond, a, b)
 
-    def vjp(g, node):
-        cond = node.xs[0]
-        zero = np.zeros((), g.dtype)
-        ga = np.where(cond, g, zero) if node.needs[1] else None
-        gb = np.where(cond, zero, g) if node.needs[2] else None
-        return _grads(node, None, ga, gb)
-
-    def jvp(t, node):
-        return np.where(node.xs[0], t[1], t[2])
+    def scale(node, i, v):
+        cond, zero = node.inputs[0], v._lift(0.0)
+        return apply(Where, [cond, v, zero] if i == 1 else [cond, zero, v])
 
     def onnx(ctx, ins, node):
         return ctx.node("Where", ins)
@@ -453,14 +386,6 @@ class _Compare(Primitive):
     """Comparison: boolean output, no gradient."""
 
     differentiable = False
-    op = ""
-    onnx_op = ""
-
-    def vjp(g, node):
-        return (None, None)
-
-    def jvp(t, node):
-        return None
 
 
 def _comparison(name, fn, onnx_op, negate=False):
@@ -471,10 +396,8 @@ def _comparison(name, fn, onnx_op, negate=False):
         out = ctx.node(onnx_op, ins)
         return ctx.node("Not", [out]) if negate else out
 
-    cls = type(name.title(), (_Compare,), {"name": name, "forward": forward, "onnx": onnx})
-    for rule in ("vjp", "jvp"):
-        setattr(cls, rule, _Compare.__dict__[rule])
-    return register(cls)
+    return register(type(name.title(), (_Compare,), {"name": name, "forward": forward,
+                                                      "onnx": onnx}))  # fmt: skip
 
 
 Equal = _comparison("eq", np.equal, "Equal")
@@ -486,7 +409,7 @@ GreaterEqual = _comparison("ge", np.greater_equal, "GreaterOrEqual")
 
 
 @register
-class Cast(Primitive):
+class Cast(Linear):
     """Convert to another dtype; the gradient is cast back (none into integer inputs)."""
 
     name = "cast"
@@ -494,14 +417,9 @@ class Cast(Primitive):
     def forward(x, dtype):
         return x.astype(dtype, copy=False)
 
-    def vjp(g, node):
-        x = node.xs[0]
-        return (g.astype(x.dtype, copy=False) if x.dtype.kind == "f" else None,)
-
-    def jvp(t, node):
-        if t[0] is None or np.dtype(node.attrs["dtype"]).kind != "f":
-            return None
-        return t[0].astype(node.attrs["dtype"], copy=False)
+    def transpose(g, node):
+        x = node.inputs[0]
+        return (g.astype(x.dtype) if x.dtype.kind == "f" else None,)
 
     def onnx(ctx, ins, node):
         return ctx.node("Cast", ins, to=onnx_dtype(node.attrs["dtype"]))
@@ -516,12 +434,6 @@ class Detach(Primitive):
 
     def forward(x):
         return x
-
-    def vjp(g, node):
-        return (None,)
-
-    def jvp(t, node):
-        return None
 
     def onnx(ctx, ins, node):
         return ctx.node("Identity", ins)

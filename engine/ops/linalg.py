@@ -2,43 +2,46 @@
 
 from __future__ import annotations
 
-import numpy as np
+from engine.ops import Multilinear, register
+from engine.ops._derive import sum_to
 
-from engine.ops import Primitive, register
-from engine.ops._util import unbroadcast
+
+def _swap(t):
+    """The last two axes exchanged (a transposed view)."""
+    return t.transpose(-1, -2)
+
+
+def _shaped(t, shape):
+    return t if t.shape == shape else t.reshape(shape)
 
 
 @register
-class MatMul(Primitive):
+class MatMul(Multilinear):
     name = "matmul"
 
     def forward(a, b):
         return a @ b
 
-    def vjp(g, node):
-        a, b = node.xs
+    def transpose(g, node):  # d(a@b) = da@b + a@db: adjoints g@b^T and a^T@g
+        a, b = node.inputs
         if a.ndim == 1 and b.ndim == 1:
             return (g * b if node.needs[0] else None, g * a if node.needs[1] else None)
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
+        a2 = a.reshape(1, -1) if a.ndim == 1 else a
+        b2 = b.reshape(-1, 1) if b.ndim == 1 else b
         g2 = g
         if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
+            g2 = g2.unsqueeze(g2.ndim - 1)
         if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)
+            g2 = g2.unsqueeze(g2.ndim)
         ga = gb = None
         if node.needs[0]:
-            ga = unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+            ga = _shaped(sum_to(g2 @ _swap(b2), a2.shape), a.shape)
         if node.needs[1]:
             if a2.ndim == 2 and g2.ndim == 2:
-                gb = (a2.T @ g2).reshape(b.shape)
+                gb = _shaped(_swap(a2) @ g2, b.shape)
             else:
-                gb = unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape)
+                gb = _shaped(sum_to(_swap(a2) @ g2, b2.shape), b.shape)
         return ga, gb
-
-    def jvp(t, node):
-        a, b = node.xs
-        return t[0] @ b + a @ t[1]
 
     def onnx(ctx, ins, node):
         return ctx.node("MatMul", ins)

@@ -1,12 +1,15 @@
 """Neural-network primitives fused for speed: softmax family, nll_loss, conv2d, pooling,
-batch_norm and embedding."""
+batch_norm and embedding, with the linear primitives their derivatives are made of (im2col and
+col2im, the max-pool window selection and its adjoint)."""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from engine.ops import Primitive, register
+from engine.ops import Linear, Multilinear, Primitive, register
+from engine.ops.shape import ScatterAdd, Transpose
+from engine.tensor import Tensor, apply
 
 # softmax family ---------------------------------------------------------------------------
 
@@ -20,18 +23,15 @@ def _softmax(x, axis):
 @register
 class Softmax(Primitive):
     name = "softmax"
+    self_adjoint = True  # J = diag(y) - y y^T is symmetric
 
     def forward(x, axis=-1):
         return _softmax(x, axis)
 
-    def vjp(g, node):
-        y, axis = node.out, node.attrs["axis"]
-        gy = g * y
-        return (gy - y * gy.sum(axis=axis, keepdims=True),)
-
     def jvp(t, node):
-        y, axis = node.out, node.attrs["axis"]
-        return y * (t[0] - (y * t[0]).sum(axis=axis, keepdims=True))
+        y = node.output
+        yt = y * t[0]
+        return yt - y * yt.sum(axis=node.attrs["axis"], keepdims=True)
 
     def onnx(ctx, ins, node):
         return ctx.node("Softmax", ins, axis=node.attrs["axis"])
@@ -45,13 +45,9 @@ class LogSoftmax(Primitive):
         shifted = x - x.max(axis=axis, keepdims=True)
         return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
-    def vjp(g, node):
-        axis = node.attrs["axis"]
-        return (g - np.exp(node.out) * g.sum(axis=axis, keepdims=True),)
-
-    def jvp(t, node):
-        axis = node.attrs["axis"]
-        return t[0] - (np.exp(node.out) * t[0]).sum(axis=axis, keepdims=True)
+    def jvp(t, node):  # d log_softmax = t - <softmax, t>
+        softmax = node.output.exp()
+        return t[0] - (softmax * t[0]).sum(axis=node.attrs["axis"], keepdims=True)
 
     def onnx(ctx, ins, node):
         return ctx.node("LogSoftmax", ins, axis=node.attrs["axis"])
@@ -65,7 +61,7 @@ def _class_last(a):
 
 
 @register
-class NLLLoss(Primitive):
+class NLLLoss(Linear):
     """Negative log-likelihood of integer targets given log-probabilities (N, C, ...).
 
     `weight` is None or a per-class weight array; reduction is 'mean', 'sum' or 'none'.
@@ -93,33 +89,24 @@ class NLLLoss(Primitive):
             out = picked.sum() / w.sum()
         return np.asarray(out, dtype=logp.dtype), (safe, w)
 
-    def vjp(g, node):
+    def transpose(g, node):  # -w (scaled by the reduction) at each row's target class
         logp = node.xs[0]
         safe, w = node.saved
         reduction = node.attrs["reduction"]
         if reduction == "none":
-            coef = -w * g.reshape(-1)
+            coef = g.reshape(-1) * Tensor._wrap(-w)
         elif reduction == "sum":
-            coef = -w * g
+            coef = g * Tensor._wrap(-w)
         else:
-            coef = -w * (g / w.sum())
-        grad = np.zeros((safe.shape[0], logp.shape[1]), dtype=logp.dtype)
-        grad[np.arange(safe.shape[0]), safe] = coef
+            coef = g * Tensor._wrap(-w / w.sum())
+        rows = safe.shape[0]
+        grad = apply(ScatterAdd, [coef], shape=(rows, logp.shape[1]),
+                     index=(np.arange(rows), safe), unique=True)  # fmt: skip
         if logp.ndim > 2:
             rest = (logp.shape[0],) + logp.shape[2:] + (logp.shape[1],)
-            grad = np.moveaxis(grad.reshape(rest), -1, 1)
+            perm = (0, logp.ndim - 1, *range(1, logp.ndim - 1))
+            grad = apply(Transpose, [grad.reshape(rest)], perm=perm)
         return (grad, None)
-
-    def jvp(t, node):
-        safe, w = node.saved
-        tl = _class_last(t[0])
-        picked = -tl[np.arange(tl.shape[0]), safe] * w
-        reduction = node.attrs["reduction"]
-        if reduction == "none":
-            return picked.reshape(node.xs[1].shape)
-        if reduction == "sum":
-            return np.asarray(picked.sum())
-        return np.asarray(picked.sum() / w.sum())
 
     def onnx(ctx, ins, node):
         attrs = {"reduction": node.attrs["reduction"], "ignore_index": node.attrs["ignore_index"]}
@@ -222,12 +209,117 @@ def _conv(x, w, stride, padding, dilation, groups, bias=None):
     return out, all_cols
 
 
+def _col2im(cols, x_shape, kernel, stride, padding, dilation):
+    """Columns (N*Ho*Wo, kh*kw*C) added back into (N, C, H, W): kh*kw strided slice-adds of
+    contiguous channel runs into a padded NHWC buffer."""
+    n, c, h, w = x_shape
+    kh, kw = kernel
+    ph, pw = padding
+    ho = _out_size(h, kh, stride[0], ph, dilation[0])
+    wo = _out_size(w, kw, stride[1], pw, dilation[1])
+    parts = cols.reshape(n, ho, wo, kh, kw, c)
+    dx = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            rows = slice(r0, r0 + stride[0] * (ho - 1) + 1, stride[0])
+            cols_ = slice(c0, c0 + stride[1] * (wo - 1) + 1, stride[1])
+            dx[:, rows, cols_] += parts[:, :, :, i, j]
+    return dx[:, ph : ph + h, pw : pw + w].transpose(0, 3, 1, 2)
+
+
+def _window_attrs(a) -> dict:
+    return {k: a[k] for k in ("kernel", "stride", "padding", "dilation")}
+
+
+def _onehot_kernel(c, kh, kw, dtype):
+    """(C*kh*kw, 1, kh, kw) weights picking each window element: channel c*kh*kw + i*kw + j
+    of a grouped convolution holds x[c] at offset (i, j)."""
+    eye = np.eye(kh * kw, dtype=dtype).reshape(kh * kw, 1, kh, kw)
+    return np.tile(eye, (c, 1, 1, 1))
+
+
 @register
-class Conv2d(Primitive):
-    """2-D convolution (N, C, H, W) x (O, C/groups, kh, kw) [+ bias (O,)]: im2col + one GEMM."""
+class Im2Col(Linear):
+    """(N, C, H, W) -> the columns (N*Ho*Wo, kh*kw*C) one GEMM turns into a convolution.
+
+    `cache` is the same columns computed earlier (conv2d saves them): forward returns it as is.
+    """
+
+    name = "im2col"
+    tangent_attrs = {"cache": None}
+
+    def forward(x, kernel, stride, padding, dilation, cache=None):
+        if cache is not None:
+            return cache
+        return _im2col(x, *kernel, stride, padding, dilation)[0]
+
+    def transpose(g, node):
+        attrs = _window_attrs(node.attrs)
+        return (apply(Col2Im, [g], x_shape=node.xs[0].shape, **attrs),)
+
+    def onnx(ctx, ins, node):
+        n, c, h, w = node.inputs[0].shape
+        a = node.attrs
+        (kh, kw), (ph, pw) = a["kernel"], a["padding"]
+        ho, wo = _out_size(h, kh, a["stride"][0], ph, a["dilation"][0]), _out_size(
+            w, kw, a["stride"][1], pw, a["dilation"][1])  # fmt: skip
+        dt = node.inputs[0].dtype
+        patches = ctx.node(
+            "Conv", [ins[0], ctx.const(_onehot_kernel(c, kh, kw, dt), "im2col_kernel")],
+            kernel_shape=[kh, kw], strides=list(a["stride"]), pads=[ph, pw, ph, pw],
+            dilations=list(a["dilation"]), group=c,
+        )  # fmt: skip
+        shaped = ctx.node("Reshape", [patches, ctx.const(np.array([0, c, kh * kw, ho * wo]),
+                                                         "shape")])  # fmt: skip
+        rows = ctx.node("Transpose", [shaped], perm=[0, 3, 2, 1])
+        return ctx.node("Reshape", [rows, ctx.const(np.array([-1, kh * kw * c]), "shape")])
+
+
+@register
+class Col2Im(Linear):
+    """im2col's adjoint: columns (N*Ho*Wo, kh*kw*C) summed back into an (N, C, H, W) image."""
+
+    name = "col2im"
+
+    def forward(cols, x_shape, kernel, stride, padding, dilation):
+        return _col2im(cols, x_shape, kernel, stride, padding, dilation)
+
+    def transpose(g, node):
+        return (apply(Im2Col, [g], **_window_attrs(node.attrs)),)
+
+    def onnx(ctx, ins, node):
+        n, c, h, w = node.attrs["x_shape"]
+        a = node.attrs
+        (kh, kw), (ph, pw) = a["kernel"], a["padding"]
+        ho, wo = _out_size(h, kh, a["stride"][0], ph, a["dilation"][0]), _out_size(
+            w, kw, a["stride"][1], pw, a["dilation"][1])  # fmt: skip
+        dt = node.inputs[0].dtype
+        rows = ctx.node("Reshape", [ins[0], ctx.const(np.array([-1, ho * wo, kh * kw, c]),
+                                                      "shape")])  # fmt: skip
+        planes = ctx.node("Transpose", [rows], perm=[0, 3, 2, 1])
+        planes = ctx.node("Reshape", [planes, ctx.const(np.array([0, c * kh * kw, ho, wo]),
+                                                        "shape")])  # fmt: skip
+        full_h = (ho - 1) * a["stride"][0] + a["dilation"][0] * (kh - 1) + 1 - 2 * ph
+        full_w = (wo - 1) * a["stride"][1] + a["dilation"][1] * (kw - 1) + 1 - 2 * pw
+        return ctx.node(
+            "ConvTranspose", [planes, ctx.const(_onehot_kernel(c, kh, kw, dt), "col2im_kernel")],
+            kernel_shape=[kh, kw], strides=list(a["stride"]), pads=[ph, pw, ph, pw],
+            dilations=list(a["dilation"]), group=c, output_padding=[h - full_h, w - full_w],
+        )  # fmt: skip
+
+
+@register
+class Conv2d(Multilinear):
+    """2-D convolution (N, C, H, W) x (O, C/groups, kh, kw) [+ bias (O,)]: im2col + one GEMM.
+
+    Bilinear in (x, w): d conv = conv(dx, w) + conv(x, dw); the adjoints are col2im of g times
+    the weights (for x) and g times im2col(x) (for w), per group.
+    """
 
     name = "conv2d"
     saves = True
+    bias_axis = 1
 
     def forward(x, w, *bias, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1):
         if x.ndim != 4 or w.ndim != 4:
@@ -239,46 +331,31 @@ class Conv2d(Primitive):
             )
         return _conv(x, w, stride, padding, dilation, groups, bias[0] if bias else None)
 
-    def vjp(g, node):
-        x, w = node.xs[0], node.xs[1]
+    def transpose(g, node):
+        x, w = node.inputs[0], node.inputs[1]
         a = node.attrs
-        stride, (ph, pw), dilation, groups = a["stride"], a["padding"], a["dilation"], a["groups"]
+        groups = a["groups"]
         o, cg, kh, kw = w.shape
         og = o // groups
-        n, c, h, wd = x.shape
-        ho, wo = g.shape[2], g.shape[3]
-        g2 = _nhwc_rows(g)
-        gx = np.empty(x.shape, dtype=g.dtype) if node.needs[0] else None
-        gw = np.empty(w.shape, dtype=g.dtype) if node.needs[1] else None
-        for gi, cols in enumerate(node.saved):
-            go = g2[:, gi * og : (gi + 1) * og]
-            if gw is not None:
-                gwg = (go.T @ cols).reshape(og, kh, kw, cg)
-                gw[gi * og : (gi + 1) * og] = gwg.transpose(0, 3, 1, 2)
-            if gx is not None:
-                dcols = go @ _weight_matrix(w[gi * og : (gi + 1) * og])
-                dcols = dcols.reshape(n, ho, wo, kh, kw, cg)
-                dx = np.zeros((n, h + 2 * ph, wd + 2 * pw, cg), dtype=g.dtype)
-                for i in range(kh):
-                    for j in range(kw):
-                        r0, c0 = i * dilation[0], j * dilation[1]
-                        rows = slice(r0, r0 + stride[0] * (ho - 1) + 1, stride[0])
-                        cols_ = slice(c0, c0 + stride[1] * (wo - 1) + 1, stride[1])
-                        dx[:, rows, cols_] += dcols[:, :, :, i, j]
-                gx[:, gi * cg : (gi + 1) * cg] = dx[:, ph : ph + h, pw : pw + wd].transpose(
-                    0, 3, 1, 2
-                )
-        gb = g2.sum(axis=0) if len(node.xs) == 3 and node.needs[2] else None
-        return (gx, gw, gb) if len(node.xs) == 3 else (gx, gw)
-
-    def jvp(t, node):
-        x, w = node.xs[0], node.xs[1]
-        a = node.attrs
-        conv = (a["stride"], a["padding"], a["dilation"], a["groups"])
-        out = _conv(t[0], w, *conv)[0] + _conv(x, t[1], *conv)[0]
-        if len(t) == 3:
-            out = out + t[2].reshape(1, -1, 1, 1)
-        return out
+        n, _, h, wd = x.shape
+        window = {"kernel": (kh, kw), "stride": a["stride"], "padding": a["padding"],
+                  "dilation": a["dilation"]}  # fmt: skip
+        rows = g.permute(0, 2, 3, 1).reshape(-1, o)  # (N*Ho*Wo, O)
+        gxs, gws = [], []
+        for gi in range(groups):
+            go = rows if groups == 1 else rows[:, gi * og : (gi + 1) * og]
+            wg = w if groups == 1 else w[gi * og : (gi + 1) * og]
+            if node.needs[1]:
+                xg = x if groups == 1 else x[:, gi * cg : (gi + 1) * cg]
+                cols = apply(Im2Col, [xg], cache=node.saved[gi] if node.saved else None,
+                             **window)  # fmt: skip
+                gws.append((go.T @ cols).reshape(og, kh, kw, cg).permute(0, 3, 1, 2))
+            if node.needs[0]:
+                dcols = go @ wg.permute(0, 2, 3, 1).reshape(og, -1)
+                gxs.append(apply(Col2Im, [dcols], x_shape=(n, cg, h, wd), **window))
+        gx = (gxs[0] if groups == 1 else _cat(gxs, 1)) if gxs else None
+        gw = (gws[0] if groups == 1 else _cat(gws, 0)) if gws else None
+        return gx, gw
 
     def onnx(ctx, ins, node):
         a = node.attrs
@@ -288,6 +365,12 @@ class Conv2d(Primitive):
             "Conv", ins, kernel_shape=[w[2], w[3]], strides=list(a["stride"]),
             pads=[ph, pw, ph, pw], dilations=list(a["dilation"]), group=a["groups"],
         )  # fmt: skip
+
+
+def _cat(parts, axis):
+    from engine.ops.shape import Concat
+
+    return apply(Concat, parts, axis=axis)
 
 
 def _tiled_window_grad(g, arg, kh, kw, x_shape):
@@ -343,31 +426,73 @@ class MaxPool2d(Primitive):
             np.maximum(out, part, out=out)
         return out
 
-    def vjp(g, node):
-        a = node.attrs
-        arg = _first_argmax(node)
-        kh, kw = a["kernel_size"]
-        if a["stride"] == (kh, kw) and a["padding"] == (0, 0):
-            return (_tiled_window_grad(g, arg, kh, kw, node.xs[0].shape),)
-        zero = np.zeros((), g.dtype)
-        parts = (
-            ((i, j), np.where(arg == i * kw + j, g, zero)) for i in range(kh) for j in range(kw)
-        )
-        return (_scatter_windows(parts, node.xs[0].shape, a["padding"], a["stride"], (1, 1),
-                                 g.dtype),)  # fmt: skip
-
-    def jvp(t, node):
-        arg = _first_argmax(node)
-        out = np.zeros(node.out.shape, dtype=t[0].dtype)
-        for k, part in enumerate(_pool_parts(t[0], node.attrs, 0)):
-            np.copyto(out, part, where=arg == k)
-        return out
+    def jvp(t, node):  # the tangent of each window's (first) winner
+        return apply(MaxPoolSelect, [t[0]], arg=_first_argmax(node), **_pool_attrs(node.attrs))
 
     def onnx(ctx, ins, node):
         a = node.attrs
         ph, pw = a["padding"]
         return ctx.node("MaxPool", ins, kernel_shape=list(a["kernel_size"]),
                         strides=list(a["stride"]), pads=[ph, pw, ph, pw])  # fmt: skip
+
+
+def _pool_attrs(a) -> dict:
+    return {k: a[k] for k in ("kernel_size", "stride", "padding")}
+
+
+def _derivative_only(name: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{name} has no ONNX lowering: it appears only in derivatives of max_pool2d, with the "
+        "winning window positions of one input baked into its attributes"
+    )
+
+
+@register
+class MaxPoolSelect(Linear):
+    """The element at kernel offset `arg` of each max-pool window: max_pool2d's derivative."""
+
+    name = "max_pool2d_select"
+    derivative_only = True
+
+    def forward(x, arg, kernel_size, stride, padding):
+        if x.ndim and not any(x.strides):  # a broadcast constant: every pick is that value
+            return np.broadcast_to(x.reshape(-1)[:1].reshape(()), arg.shape)
+        out = np.zeros(arg.shape, dtype=x.dtype)
+        attrs = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
+        for k, part in enumerate(_pool_parts(x, attrs, 0)):
+            np.copyto(out, part, where=arg == k)
+        return out
+
+    def transpose(g, node):
+        return (apply(MaxPoolScatter, [g], arg=node.attrs["arg"], x_shape=node.xs[0].shape,
+                      **_pool_attrs(node.attrs)),)  # fmt: skip
+
+    def onnx(ctx, ins, node):
+        raise _derivative_only("max_pool2d_select")
+
+
+@register
+class MaxPoolScatter(Linear):
+    """max_pool2d_select's adjoint: each window's value added at its kernel offset `arg`."""
+
+    name = "max_pool2d_scatter"
+    derivative_only = True
+
+    def forward(g, arg, kernel_size, stride, padding, x_shape):
+        kh, kw = kernel_size
+        if stride == (kh, kw) and padding == (0, 0):
+            return _tiled_window_grad(g, arg, kh, kw, x_shape)
+        zero = np.zeros((), g.dtype)
+        parts = (
+            ((i, j), np.where(arg == i * kw + j, g, zero)) for i in range(kh) for j in range(kw)
+        )
+        return _scatter_windows(parts, x_shape, padding, stride, (1, 1), g.dtype)
+
+    def transpose(g, node):
+        return (apply(MaxPoolSelect, [g], arg=node.attrs["arg"], **_pool_attrs(node.attrs)),)
+
+    def onnx(ctx, ins, node):
+        raise _derivative_only("max_pool2d_scatter")
 
 
 def _avg_pool(x, kernel_size, stride, padding, count_include_pad):
@@ -390,26 +515,23 @@ def _avg_divisor(shape, kernel_size, stride, padding, count_include_pad, dtype):
 
 
 @register
-class AvgPool2d(Primitive):
+class AvgPool2d(Linear):
     name = "avg_pool2d"
 
     def forward(x, kernel_size, stride, padding=(0, 0), count_include_pad=True):
         return _avg_pool(x, kernel_size, stride, padding, count_include_pad)
 
-    def vjp(g, node):
+    def transpose(g, node):  # each window's share, spread over the window by col2im
         a = node.attrs
-        kh, kw = a["kernel_size"]
-        div = _avg_divisor(node.xs[0].shape, a["kernel_size"], a["stride"], a["padding"],
+        x_shape = node.xs[0].shape
+        (kh, kw), c = a["kernel_size"], x_shape[1]
+        div = _avg_divisor(x_shape, a["kernel_size"], a["stride"], a["padding"],
                            a["count_include_pad"], g.dtype)  # fmt: skip
-        share = g / div
-        parts = (((i, j), share) for i in range(kh) for j in range(kw))
-        return (_scatter_windows(parts, node.xs[0].shape, a["padding"], a["stride"], (1, 1),
-                                 g.dtype),)  # fmt: skip
-
-    def jvp(t, node):
-        a = node.attrs
-        return _avg_pool(t[0], a["kernel_size"], a["stride"], a["padding"],
-                         a["count_include_pad"])  # fmt: skip
+        share = (g * Tensor._wrap((1 / div).astype(g.dtype))).permute(0, 2, 3, 1)
+        rows = share.reshape(-1, 1, c).broadcast_to((share.data.size // c, kh * kw, c))
+        cols = rows.reshape(-1, kh * kw * c)
+        return (apply(Col2Im, [cols], x_shape=x_shape, kernel=(kh, kw), stride=a["stride"],
+                      padding=a["padding"], dilation=(1, 1)),)  # fmt: skip
 
     def onnx(ctx, ins, node):
         a = node.attrs
@@ -434,26 +556,32 @@ def _adaptive_avg(x, output_size):
     return out
 
 
+def _averaging_matrix(n_in, n_out, dtype):
+    """(n_out, n_in): row i averages bin i, so pooling is A_h @ x @ A_w^T per plane."""
+    a = np.zeros((n_out, n_in), dtype=dtype)
+    for i, (r0, r1) in enumerate(_adaptive_bins(n_in, n_out)):
+        a[i, r0:r1] = 1.0 / (r1 - r0)
+    return a
+
+
 @register
-class AdaptiveAvgPool2d(Primitive):
+class AdaptiveAvgPool2d(Linear):
+    """Average over torch's bins; bins factor into rows and columns, so the adjoint is
+    A_h^T @ g @ A_w, two GEMMs."""
+
     name = "adaptive_avg_pool2d"
 
     def forward(x, output_size):
         return _adaptive_avg(x, output_size)
 
-    def vjp(g, node):
-        x = node.xs[0]
+    def transpose(g, node):
+        n, c, h, w = node.xs[0].shape
         oh, ow = node.attrs["output_size"]
-        gx = np.zeros(x.shape, dtype=g.dtype)
-        rows, cols = _adaptive_bins(x.shape[2], oh), _adaptive_bins(x.shape[3], ow)
-        for i, (r0, r1) in enumerate(rows):
-            for j, (c0, c1) in enumerate(cols):
-                area = (r1 - r0) * (c1 - c0)
-                gx[:, :, r0:r1, c0:c1] += (g[:, :, i, j] / area)[:, :, None, None]
-        return (gx,)
-
-    def jvp(t, node):
-        return _adaptive_avg(t[0], node.attrs["output_size"])
+        a_h = Tensor._wrap(_averaging_matrix(h, oh, g.dtype))
+        a_w = Tensor._wrap(_averaging_matrix(w, ow, g.dtype))
+        wide = g.reshape(n * c * oh, ow) @ a_w  # (N*C*oh, W)
+        tall = wide.reshape(n * c, oh, w).transpose(1, 2).reshape(n * c * w, oh) @ a_h
+        return (tall.reshape(n, c, w, h).transpose(2, 3),)
 
     def onnx(ctx, ins, node):
         h, w = node.inputs[0].shape[2:]
@@ -473,6 +601,29 @@ class AdaptiveAvgPool2d(Primitive):
 
 def _bn_shape(x):
     return (1, -1) + (1,) * (x.ndim - 2)
+
+
+def _plus(total, term):
+    return term if total is None else total + term
+
+
+def _bn_normalised(node) -> tuple[Tensor, Tensor]:
+    """(xhat, invstd broadcastable over x): the saved arrays as constants for a first
+    derivative, recomputed in engine ops when the derivative is differentiated again."""
+    x = node.inputs[0]
+    shape = _bn_shape(x)
+    if not node.higher:
+        xhat, invstd, _, _ = node.saved
+        return Tensor._wrap(xhat), Tensor._wrap(invstd.reshape(shape))
+    eps = node.attrs["eps"]
+    if node.attrs["training"]:
+        axes = (0,) + tuple(range(2, x.ndim))
+        centred = x - x.mean(axis=axes, keepdims=True)
+        invstd = ((centred * centred).mean(axis=axes, keepdims=True) + eps) ** -0.5
+    else:
+        centred = x - node.inputs[3].reshape(shape)
+        invstd = (node.inputs[4].reshape(shape) + eps) ** -0.5
+    return centred * invstd, invstd
 
 
 @register
@@ -500,35 +651,25 @@ class BatchNorm(Primitive):
         out = xhat * weight.reshape(shape) + bias.reshape(shape)
         return out, (xhat, invstd, mean, var)
 
-    def vjp(g, node):
-        x, weight = node.xs[0], node.xs[1]
-        xhat, invstd, _, _ = node.saved
-        shape = _bn_shape(x)
-        axes = (0,) + tuple(range(2, x.ndim))
-        gw = (g * xhat).sum(axis=axes) if node.needs[1] or node.attrs["training"] else None
-        gb = g.sum(axis=axes) if node.needs[2] or node.attrs["training"] else None
-        gx = None
-        if node.needs[0]:
-            scale = (weight * invstd).reshape(shape)
-            if node.attrs["training"]:
-                m = x.size // x.shape[1]
-                gx = scale * (g - gb.reshape(shape) / m - xhat * (gw.reshape(shape) / m))
-            else:
-                gx = g * scale
-        return (gx, gw if node.needs[1] else None, gb if node.needs[2] else None, None, None)
-
     def jvp(t, node):
-        x, weight = node.xs[0], node.xs[1]
-        xhat, invstd, _, _ = node.saved
-        shape = _bn_shape(x)
-        axes = (0,) + tuple(range(2, x.ndim))
-        tx = t[0]
-        if node.attrs["training"]:
-            tc = tx - tx.mean(axis=axes, keepdims=True)
-            txhat = invstd.reshape(shape) * (tc - xhat * (xhat * tc).mean(axis=axes, keepdims=True))
-        else:
-            txhat = tx * invstd.reshape(shape)
-        return txhat * weight.reshape(shape) + xhat * t[1].reshape(shape) + t[2].reshape(shape)
+        # training: d xhat = invstd * (dc - xhat * mean(xhat * dc)) with dc = dx - mean(dx);
+        # eval: d xhat = invstd * dx. Then d out = d xhat * w + xhat * dw + db (the running
+        # statistics are buffers: no derivative flows into them).
+        tx, tw, tb = t[0], t[1], t[2]
+        x, weight = node.inputs[0], node.inputs[1]
+        shape, axes = _bn_shape(x), (0,) + tuple(range(2, x.ndim))
+        xhat, invstd = _bn_normalised(node)
+        total = None
+        if tx is not None:
+            if node.attrs["training"]:
+                tc = tx - tx.mean(axis=axes, keepdims=True)
+                tx = tc - xhat * (xhat * tc).mean(axis=axes, keepdims=True)
+            total = tx * (invstd * weight.reshape(shape))
+        if tw is not None:
+            total = _plus(total, xhat * tw.reshape(shape))
+        if tb is not None:
+            total = _plus(total, tb.reshape(shape))
+        return total
 
     def onnx(ctx, ins, node):
         if node.attrs["training"]:
@@ -537,7 +678,7 @@ class BatchNorm(Primitive):
 
 
 @register
-class Embedding(Primitive):
+class Embedding(Linear):
     """Rows of `weight` (V, D) picked by integer `indices` (any shape)."""
 
     name = "embedding"
@@ -547,14 +688,9 @@ class Embedding(Primitive):
             raise TypeError(f"embedding indices must be integers, got {indices.dtype}")
         return weight[indices]
 
-    def vjp(g, node):
+    def transpose(g, node):  # each row's cotangent added back at its index
         weight, indices = node.xs
-        gw = np.zeros_like(weight, dtype=g.dtype)
-        np.add.at(gw, indices.reshape(-1), g.reshape(-1, weight.shape[1]))
-        return (gw, None)
-
-    def jvp(t, node):
-        return t[0][node.xs[1]]
+        return (apply(ScatterAdd, [g], shape=weight.shape, index=(indices,)), None)
 
     def onnx(ctx, ins, node):
         return ctx.node("Gather", ins, axis=0)

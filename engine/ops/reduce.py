@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from engine.ops import Primitive, register
+from engine.ops import Linear, Primitive, register
 from engine.ops._util import norm_axes, onnx_reduce
+from engine.tensor import Tensor
 
 
-def _expand(g, node):
-    """Bring a reduced gradient back to a shape that broadcasts against the input."""
-    if node.attrs["keepdims"]:
-        return g
+def _kept_shape(node) -> tuple[int, ...]:
+    """The output's shape with the reduced axes kept as 1s (broadcasts against the input)."""
     shape = list(node.xs[0].shape)
     for a in node.attrs["axes"]:
         shape[a] = 1
-    return g.reshape(shape)
+    return tuple(shape)
+
+
+def _spread(g, node):
+    """A reduced cotangent broadcast back over the input's shape."""
+    if not node.attrs["keepdims"]:
+        g = g.reshape(_kept_shape(node))
+    return g.broadcast_to(node.xs[0].shape)
 
 
 def _onnx_axes(node):
@@ -24,7 +32,7 @@ def _onnx_axes(node):
 
 
 @register
-class Sum(Primitive):
+class Sum(Linear):
     """Sum over `axes` (a tuple of non-negative axes; all axes for a full reduction)."""
 
     name = "sum"
@@ -32,11 +40,8 @@ class Sum(Primitive):
     def forward(x, axes, keepdims=False):
         return np.sum(x, axis=axes, keepdims=keepdims)
 
-    def vjp(g, node):
-        return (np.broadcast_to(_expand(g, node), node.xs[0].shape),)
-
-    def jvp(t, node):
-        return np.sum(t[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
+    def transpose(g, node):
+        return (_spread(g, node),)
 
     def onnx(ctx, ins, node):
         return onnx_reduce(ctx, "ReduceSum", ins[0], _onnx_axes(node), node.attrs["keepdims"])
@@ -44,30 +49,27 @@ class Sum(Primitive):
 
 def _count(node):
     shape = node.xs[0].shape
-    return int(np.prod([shape[a] for a in node.attrs["axes"]]))
+    return math.prod(shape[a] for a in node.attrs["axes"])
 
 
 @register
-class Mean(Primitive):
+class Mean(Linear):
     name = "mean"
 
     def forward(x, axes, keepdims=False):
         return np.mean(x, axis=axes, keepdims=keepdims)
 
-    def vjp(g, node):
-        scale = np.asarray(1.0 / max(_count(node), 1), g.dtype)
-        return (np.broadcast_to(_expand(g, node) * scale, node.xs[0].shape),)
-
-    def jvp(t, node):
-        return np.mean(t[0], axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
+    def transpose(g, node):
+        return (_spread(g * (1.0 / max(_count(node), 1)), node),)
 
     def onnx(ctx, ins, node):
         return onnx_reduce(ctx, "ReduceMean", ins[0], _onnx_axes(node), node.attrs["keepdims"])
 
 
 def _max_share(node):
+    """Each element's share of the maximum's derivative: ties split it evenly (torch.amax)."""
     x = node.xs[0]
-    out = node.out if node.attrs["keepdims"] else _expand(node.out, node)
+    out = node.out if node.attrs["keepdims"] else node.out.reshape(_kept_shape(node))
     mask = (x == out).astype(x.dtype)
     return mask / mask.sum(axis=node.attrs["axes"], keepdims=True)
 
@@ -79,12 +81,9 @@ class Max(Primitive):
     def forward(x, axes, keepdims=False):
         return np.max(x, axis=axes, keepdims=keepdims)
 
-    def vjp(g, node):
-        return (_expand(g, node) * _max_share(node),)
-
-    def jvp(t, node):
-        share = _max_share(node)
-        return np.sum(t[0] * share, axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
+    def jvp(t, node):  # the tangent at the winners (averaged over ties)
+        share = Tensor._wrap(_max_share(node))
+        return (t[0] * share).sum(axis=node.attrs["axes"], keepdims=node.attrs["keepdims"])
 
     def onnx(ctx, ins, node):
         return onnx_reduce(ctx, "ReduceMax", ins[0], _onnx_axes(node), node.attrs["keepdims"])
@@ -99,12 +98,6 @@ class ArgMax(Primitive):
 
     def forward(x, axis, keepdims=False):
         return np.argmax(x, axis=axis, keepdims=keepdims)
-
-    def vjp(g, node):
-        return (None,)
-
-    def jvp(t, node):
-        return None
 
     def onnx(ctx, ins, node):
         axis = node.attrs["axis"]

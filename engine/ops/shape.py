@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.ops import Primitive, register
-from engine.ops._util import INT64_MAX, onnx_axes, reshape_target, unbroadcast
+from engine.ops import Linear, register
+from engine.ops._derive import sum_to
+from engine.ops._util import INT64_MAX, onnx_axes, reshape_target
+from engine.tensor import apply
 
 
 @register
-class Reshape(Primitive):
+class Reshape(Linear):
     name = "reshape"
 
     def forward(x, shape):
         return x.reshape(shape)
 
-    def vjp(g, node):
+    def transpose(g, node):
         return (g.reshape(node.xs[0].shape),)
-
-    def jvp(t, node):
-        return t[0].reshape(node.out.shape)
 
     def onnx(ctx, ins, node):
         target = reshape_target(node.inputs[0].shape, node.outputs[0].shape)
@@ -27,7 +26,7 @@ class Reshape(Primitive):
 
 
 @register
-class Transpose(Primitive):
+class Transpose(Linear):
     """Permute axes (`perm` like numpy.transpose / torch.permute)."""
 
     name = "transpose"
@@ -35,28 +34,23 @@ class Transpose(Primitive):
     def forward(x, perm):
         return np.transpose(x, perm)
 
-    def vjp(g, node):
-        return (np.transpose(g, np.argsort(node.attrs["perm"])),)
-
-    def jvp(t, node):
-        return np.transpose(t[0], node.attrs["perm"])
+    def transpose(g, node):
+        inverse = tuple(int(a) for a in np.argsort(node.attrs["perm"]))
+        return (apply(Transpose, [g], perm=inverse),)
 
     def onnx(ctx, ins, node):
         return ctx.node("Transpose", ins, perm=[int(p) for p in node.attrs["perm"]])
 
 
 @register
-class BroadcastTo(Primitive):
+class BroadcastTo(Linear):
     name = "broadcast_to"
 
     def forward(x, shape):
         return np.broadcast_to(x, shape)
 
-    def vjp(g, node):
-        return (unbroadcast(g, node.xs[0].shape),)
-
-    def jvp(t, node):
-        return np.broadcast_to(t[0], node.attrs["shape"])
+    def transpose(g, node):
+        return (sum_to(g, node.xs[0].shape),)
 
     def onnx(ctx, ins, node):
         shape = list(node.attrs["shape"])
@@ -75,7 +69,7 @@ def _axes_onnx(ctx, op, ins, axes):
 
 
 @register
-class Squeeze(Primitive):
+class Squeeze(Linear):
     """Remove the given size-1 axes (non-negative)."""
 
     name = "squeeze"
@@ -83,18 +77,15 @@ class Squeeze(Primitive):
     def forward(x, axes):
         return np.squeeze(x, axis=axes)
 
-    def vjp(g, node):
+    def transpose(g, node):
         return (g.reshape(node.xs[0].shape),)
-
-    def jvp(t, node):
-        return t[0].reshape(node.out.shape)
 
     def onnx(ctx, ins, node):
         return _axes_onnx(ctx, "Squeeze", ins, node.attrs["axes"])
 
 
 @register
-class Unsqueeze(Primitive):
+class Unsqueeze(Linear):
     """Insert size-1 axes at the given (output, non-negative) positions."""
 
     name = "unsqueeze"
@@ -102,18 +93,15 @@ class Unsqueeze(Primitive):
     def forward(x, axes):
         return np.expand_dims(x, axes)
 
-    def vjp(g, node):
+    def transpose(g, node):
         return (g.reshape(node.xs[0].shape),)
-
-    def jvp(t, node):
-        return t[0].reshape(node.out.shape)
 
     def onnx(ctx, ins, node):
         return _axes_onnx(ctx, "Unsqueeze", ins, node.attrs["axes"])
 
 
 @register
-class Concat(Primitive):
+class Concat(Linear):
     """Join any number of tensors along an existing axis."""
 
     name = "concat"
@@ -121,14 +109,15 @@ class Concat(Primitive):
     def forward(*xs, axis=0):
         return np.concatenate(xs, axis=axis)
 
-    def vjp(g, node):
+    def transpose(g, node):  # each input's slice of g
         axis = node.attrs["axis"]
-        bounds = np.cumsum([x.shape[axis] for x in node.xs])[:-1]
-        parts = np.split(g, bounds, axis=axis)
-        return tuple(p if need else None for p, need in zip(parts, node.needs, strict=True))
-
-    def jvp(t, node):
-        return np.concatenate(t, axis=node.attrs["axis"])
+        parts, start = [], 0
+        for x, need in zip(node.xs, node.needs, strict=True):
+            stop = start + x.shape[axis]
+            index = (slice(None),) * axis + (slice(start, stop),)
+            parts.append(apply(GetItem, [g], index=index) if need else None)
+            start = stop
+        return tuple(parts)
 
     def onnx(ctx, ins, node):
         return ctx.node("Concat", ins, axis=node.attrs["axis"])
@@ -139,7 +128,7 @@ def _has_advanced(index) -> bool:
 
 
 @register
-class GetItem(Primitive):
+class GetItem(Linear):
     """x[index]: basic slicing (slices, ints, None, Ellipsis) and integer/boolean arrays.
 
     `index` is always a tuple; arrays inside it are numpy arrays.
@@ -150,17 +139,8 @@ class GetItem(Primitive):
     def forward(x, index):
         return x[index]
 
-    def vjp(g, node):
-        x, index = node.xs[0], node.attrs["index"]
-        gx = np.zeros(x.shape, dtype=g.dtype)
-        if _has_advanced(index):
-            np.add.at(gx, index, g)
-        else:
-            gx[index] = g
-        return (gx,)
-
-    def jvp(t, node):
-        return t[0][node.attrs["index"]]
+    def transpose(g, node):
+        return (apply(ScatterAdd, [g], shape=node.xs[0].shape, index=node.attrs["index"]),)
 
     def onnx(ctx, ins, node):
         return _lower_getitem(ctx, ins[0], node.attrs["index"], node.inputs[0].shape)
@@ -225,23 +205,93 @@ def _lower_getitem(ctx, x, index, in_shape):
 
 
 @register
-class Pad(Primitive):
-    """Constant padding; `pads` is one (before, after) pair per axis."""
+class ScatterAdd(Linear):
+    """zeros(shape) with g added at x[index] (repeated positions add up): getitem's adjoint.
+
+    `shape` and `index` are those of the getitem it transposes; `unique=True` promises that no
+    position repeats, so a plain (much faster) assignment does.
+    """
+
+    name = "scatter_add"
+
+    def forward(g, shape, index, unique=False):
+        out = np.zeros(shape, dtype=g.dtype)
+        if _has_advanced(index) and not unique:
+            np.add.at(out, index, g)
+        else:
+            out[index] = g
+        return out
+
+    def transpose(g, node):
+        return (apply(GetItem, [g], index=node.attrs["index"]),)
+
+    def onnx(ctx, ins, node):
+        return _lower_scatter_add(ctx, ins[0], node)
+
+
+@register
+class Pad(Linear):
+    """Constant padding; `pads` is one (before, after) pair per axis (affine with a nonzero
+    fill value: its linear part pads with zeros)."""
 
     name = "pad"
+    tangent_attrs = {"value": 0.0}
 
     def forward(x, pads, value=0.0):
         return np.pad(x, pads, mode="constant", constant_values=value)
 
-    def vjp(g, node):
+    def transpose(g, node):
         index = tuple(slice(b, g.shape[k] - a) for k, (b, a) in enumerate(node.attrs["pads"]))
-        return (g[index],)
-
-    def jvp(t, node):
-        return np.pad(t[0], node.attrs["pads"], mode="constant")
+        return (apply(GetItem, [g], index=index),)
 
     def onnx(ctx, ins, node):
         pads = node.attrs["pads"]
         flat = [b for b, _ in pads] + [a for _, a in pads]
         value = ctx.const(np.asarray(node.attrs["value"], node.inputs[0].dtype), "pad_value")
         return ctx.node("Pad", [ins[0], ctx.const(np.asarray(flat, np.int64), "pads"), value])
+
+
+def _lower_scatter_add(ctx, g, node):
+    """Pad for basic indexing with unit steps (g's squeezed and inserted axes undone first);
+    anything else is refused."""
+    shape, index = node.attrs["shape"], node.attrs["index"]
+    if _has_advanced(index):
+        raise NotImplementedError("scatter_add lowering supports basic indexing only")
+    consumed = sum(1 for i in index if i is not None and i is not Ellipsis)
+    expanded = []
+    for i in index:
+        expanded.extend([slice(None)] * (len(shape) - consumed) if i is Ellipsis else [i])
+    expanded.extend([slice(None)] * (len(shape) - sum(1 for i in expanded if i is not None)))
+    inserted = [k for k, i in enumerate(_out_axes(expanded)) if i is None]
+    out = _axes_onnx(ctx, "Squeeze", [g], inserted) if inserted else g
+    kept = [i for i in expanded if i is not None]
+    picked = [k for k, i in enumerate(kept) if not isinstance(i, slice)]
+    if picked:
+        out = _axes_onnx(ctx, "Unsqueeze", [out], picked)
+    before, after = [], []
+    for axis, (i, n) in enumerate(zip(kept, shape, strict=True)):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(n)
+            if step != 1:
+                raise NotImplementedError("scatter_add lowering supports unit-step slices only")
+            stop = max(stop, start)
+        else:
+            start = int(i) % n
+            stop = start + 1
+        if axis == 0 and (start, stop) != (0, n):
+            raise NotImplementedError("scatter_add lowering cannot slice the batch dimension")
+        before.append(start)
+        after.append(n - stop)
+    if not any(before) and not any(after):
+        return out
+    pads = ctx.const(np.asarray(before + after, np.int64), "pads")
+    return ctx.node("Pad", [out, pads])
+
+
+def _out_axes(expanded):
+    """For each axis of the getitem's output: the index entry that made it (None for new)."""
+    axes = []
+    for i in expanded:
+        if i is None or isinstance(i, slice):
+            axes.append(i)
+    return axes

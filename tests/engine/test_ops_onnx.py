@@ -136,3 +136,27 @@ def test_unsupported_lowerings_say_why():
         lower(lambda x: F.batch_norm(x, None, None, training=True), [rand(4, 2)], 17)
     with pytest.raises(NotImplementedError, match="divide"):
         lower(lambda x: F.adaptive_avg_pool2d(x, 3), [rand(1, 1, 5, 5)], 17)
+    # a max-pool derivative has the example's winners baked in: refused by name
+    from engine.autodiff import grad
+
+    def saliency(x):
+        with engine.enable_grad():
+            return grad(lambda y: F.max_pool2d(y, 2).sum())(x)
+
+    with pytest.raises(NotImplementedError, match="max_pool2d_s(elect|catter) .*derivatives"):
+        lower(saliency, [rand(1, 1, 4, 4)], 17)
+
+
+def test_the_gradient_of_a_convolution_exports():
+    """d/dx of sum(tanh(conv(x, w))) lowered to ONNX (col2im as a one-hot ConvTranspose)."""
+    from engine.autodiff import grad
+
+    w = Tensor(rand(3, 2, 3, 3, seed=4))
+
+    def input_gradient(x):
+        with engine.enable_grad():
+            return grad(lambda y: F.conv2d(y, w, padding=1).tanh().sum())(x)
+
+    x = rand(2, 2, 5, 5)
+    model, expected = lower(input_gradient, [x], 17)
+    np.testing.assert_allclose(run(model, [x]), expected, rtol=1e-5, atol=1e-6)

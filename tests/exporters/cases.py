@@ -14,6 +14,8 @@ import numpy as np
 import engine
 import engine.nn as nn
 from engine import functional as F
+from engine.ops import REGISTRY
+from engine.tensor import apply
 
 EXAMPLE_BATCH = 3
 
@@ -58,6 +60,23 @@ class Case:
 
 def const(*shape: int) -> engine.Tensor:
     return engine.Tensor(np.random.default_rng(7).standard_normal(shape).astype(np.float32))
+
+
+WINDOW = {"kernel": (3, 2), "stride": (2, 1), "padding": (1, 1), "dilation": (1, 2)}
+
+
+def im2col(x):
+    return apply(REGISTRY["im2col"], [x], **WINDOW)
+
+
+def col2im(cols, shape):
+    return apply(REGISTRY["col2im"], [cols], x_shape=tuple(shape), **WINDOW)
+
+
+def scatter_add(g, shape):
+    """g added back at x[:, 1:3, 1] of a zero tensor shaped like x (getitem's adjoint)."""
+    return apply(REGISTRY["scatter_add"], [g], shape=tuple(shape), index=(slice(None),
+                 slice(1, 3), 1))  # fmt: skip
 
 
 def fn(name: str, f: Callable, *sample_shape: int) -> Case:
@@ -128,6 +147,9 @@ OP_CASES = [
     ),
     fn("getitem", lambda x: x[:, 1:3] + x[:, [0, 3]] + x[:, -1:] + x[:, 0].unsqueeze(1)),
     fn("pad", lambda x: F.pad(x, (1, 2, 0, 1)), 1, 3, 3),
+    # the linear primitives gradients are made of (exported when a model's output differentiates)
+    fn("im2col_col2im", lambda x: col2im(im2col(x) * 0.5, x.shape), 2, 5, 6),
+    fn("scatter_add", lambda x: scatter_add(x[:, 1:3, 1], x.shape), 4, 3, 2),
 ]
 
 MODULE_CASES = [
