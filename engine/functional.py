@@ -152,8 +152,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias, weight shaped [out, in] like torch."""
-    out = apply(P["matmul"], [x, weight.T])
-    return out + bias if bias is not None else out
+    return apply(P["linear"], [x, weight] if bias is None else [x, weight, bias])
 
 
 def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,

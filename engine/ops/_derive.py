@@ -66,7 +66,7 @@ def linear_jvp(op, tangents, node):
 def _bias_view(node, axis: int) -> tuple[int, ...]:
     """The shape that broadcasts a bias vector along output `axis`."""
     shape = [1] * node.out.ndim
-    shape[axis] = -1
+    shape[axis % node.out.ndim] = -1
     return tuple(shape)
 
 
@@ -93,7 +93,8 @@ def multilinear_vjp(op, g, node) -> tuple:
     if op.bias_axis is not None and len(node.inputs) == op.factors + 1:
         bias = None
         if node.needs[-1]:
-            axes = tuple(a for a in range(g.ndim) if a != op.bias_axis)
+            axis = op.bias_axis % g.ndim
+            axes = tuple(a for a in range(g.ndim) if a != axis)
             bias = g.sum(axis=axes)
         cots = (*cots, bias)
     return cots

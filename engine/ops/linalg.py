@@ -45,3 +45,40 @@ class MatMul(Multilinear):
 
     def onnx(ctx, ins, node):
         return ctx.node("MatMul", ins)
+
+
+def _rows(t, n):
+    """A tensor as a 2-D stack of its last-axis rows (one GEMM instead of a batched matmul)."""
+    return t if t.ndim == 2 else t.reshape(-1, n)
+
+
+@register
+class Linear(Multilinear):
+    """x @ weight.T (+ bias), torch's F.linear as one primitive: one GEMM over all leading
+    axes, the bias added in place, and two GEMMs back (the most common layer, fused for
+    speed; lowered as MatMul(x, Transpose(w)) + Add, which the exporter turns into Gemm)."""
+
+    name = "linear"
+    bias_axis = -1
+
+    def forward(x, w, *bias):
+        out = x @ w.T if x.ndim == 2 else (x.reshape(-1, x.shape[-1]) @ w.T)
+        if bias:
+            out += bias[0]
+        return out if x.ndim == 2 else out.reshape(*x.shape[:-1], w.shape[0])
+
+    def transpose(g, node):  # d(x w^T) = dx w^T + x dw^T: adjoints g w and g^T x
+        x, w = node.inputs[0], node.inputs[1]
+        rows = _rows(g, w.shape[0])
+        gx = gw = None
+        if node.needs[0]:
+            gx = rows @ w
+            if x.ndim != 2:
+                gx = gx.reshape(x.shape)
+        if node.needs[1]:
+            gw = rows.T @ _rows(x, x.shape[-1])
+        return gx, gw
+
+    def onnx(ctx, ins, node):
+        out = ctx.node("MatMul", [ins[0], ctx.node("Transpose", [ins[1]], perm=[1, 0])])
+        return ctx.node("Add", [out, ins[2]]) if len(ins) == 3 else out

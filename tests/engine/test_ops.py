@@ -226,8 +226,10 @@ CASES = [
          lambda T, TF, a, y: TF.binary_cross_entropy_with_logits(
              a, y, pos_weight=T.tensor([2.0, 0.5], dtype=T.float64))),
     # --- layers ---
-    Case("linear", ("matmul", "transpose", "add"), F.linear,
+    Case("linear", ("linear",), F.linear,
          [normal(4, 3), normal(5, 3, seed=1), normal(5, seed=2)], lambda T, TF, *a: TF.linear(*a)),
+    Case("linear_batched_no_bias", ("linear",), F.linear,
+         [normal(2, 4, 3), normal(5, 3, seed=1)], lambda T, TF, *a: TF.linear(*a)),
     Case("conv2d", ("conv2d",), lambda x, w, b: F.conv2d(x, w, b, padding=1),
          [normal(2, 2, 5, 5), normal(3, 2, 3, 3, seed=1), normal(3, seed=2)],
          lambda T, TF, x, w, b: TF.conv2d(x, w, b, padding=1)),
