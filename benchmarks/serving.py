@@ -59,6 +59,7 @@ if str(ROOT) not in sys.path:
 from benchmarks.servers.floor_app import ANSWER as FLOOR_ANSWER  # noqa: E402
 from loadgen import http as bench  # noqa: E402
 from serve.settings import Settings  # noqa: E402
+from tests.support.memory import memory_kb, process_tree  # noqa: E402
 from tests.support.server import free_port, start_server  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -210,35 +211,6 @@ def best_batch(raw: dict[int, dict]) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Load and memory
-
-
-def process_tree(root: int) -> list[int]:
-    """`root` and every descendant process (from /proc)."""
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                kids.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(kids.get(pid, []))
-    return out
-
-
-def memory_kb(pids: list[int]) -> tuple[int, int]:
-    """Summed RSS and PSS (kB) of `pids`; PSS splits pages shared by forked workers."""
-    rss = pss = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-    return rss, pss
 
 
 class MemorySampler(threading.Thread):

@@ -76,7 +76,7 @@ class TFServingCodec:
         self, mv: ModelVersion, request: Request, outputs: list[Output], body: HttpBody
     ) -> tuple[bytes, dict[str, str]]:
         arrays = {name: arr for name, arr, _ in outputs}
-        answer = tfserving.encode_predict(arrays, request.state.row_format)
+        answer = tfserving.encode_predict(arrays, request.state.row_format, request.state.instances)
         return answer, {"Content-Type": "application/json"}
 
 

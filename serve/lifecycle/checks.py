@@ -10,13 +10,17 @@ protobuf (`onnx.load(..., load_external_data=False)` reads no referenced file):
 - a data location must be relative, without `..` components, NUL or backslashes;
 - offset + length must lie within the data file, and the length must match the tensor's shape;
 - the model file and the sum of its external data stay under configurable caps;
-- operators from custom domains (which need native custom-op libraries) are refused unless allowed.
+- a node whose operator onnxruntime does not implement (not in its own schema list, which holds
+  the ONNX operators and its com.microsoft contrib operators) needs a native custom-op library:
+  it is refused unless its domain is allowed. Imported operator sets are not judged: exporters
+  and optimizers import domains no node uses (ai.onnx.preview, com.microsoft.experimental, ...).
 
 Every refusal raises `ModelRejected` with a reason a user can act on.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -27,10 +31,8 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
 
-#: Operator domains onnxruntime implements itself; anything else needs a custom-op library.
-BUILTIN_OP_DOMAINS: frozenset[str] = frozenset(
-    {"", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training", "com.microsoft"}
-)
+#: Domain names that mean the default ONNX domain.
+_ONNX_DOMAINS = ("", "ai.onnx")
 
 DEFAULT_MAX_MODEL_BYTES = 2 * 1024**3  # protobuf cannot hold more than 2 GiB anyway
 DEFAULT_MAX_EXTERNAL_BYTES = 16 * 1024**3
@@ -216,22 +218,39 @@ _SUB_BYTE_TYPES = frozenset(
 )
 
 
-def _check_domains(model: ModelProto, limits: CheckLimits) -> None:
-    allowed = BUILTIN_OP_DOMAINS | limits.allowed_custom_op_domains
-    local_functions = {f.domain for f in model.functions}
-    for opset in model.opset_import:
-        if opset.domain not in allowed and opset.domain not in local_functions:
-            raise ModelRejected(_domain_reason(opset.domain, "imports the operator set"))
-    for node in _all_nodes(model):
-        if node.domain not in allowed and node.domain not in local_functions:
-            raise ModelRejected(_domain_reason(node.domain, f"uses operator {node.op_type!r} of"))
+@functools.cache
+def runtime_operators() -> frozenset[tuple[str, str]]:
+    """(domain, operator) of every operator onnxruntime has a schema for ("" = ONNX)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-
-def _domain_reason(domain: str, what: str) -> str:
-    return (
-        f"model {what} custom domain {domain!r}, which needs a native custom-op library; "
-        "add it to allowed_custom_op_domains in the server config to allow it"
+    return frozenset(
+        ("" if s.domain in _ONNX_DOMAINS else s.domain, s.name)
+        for s in ort_state.get_all_operator_schema()
     )
+
+
+def _check_domains(model: ModelProto, limits: CheckLimits) -> None:
+    """Refuse a node only when onnxruntime implements no such operator (and the model defines
+    no such function, and its domain is not allowed to bring a custom-op library)."""
+    known = runtime_operators()
+    functions = {(f.domain, f.name) for f in model.functions}
+    for node in _all_nodes(model):
+        domain = "" if node.domain in _ONNX_DOMAINS else node.domain
+        if (domain, node.op_type) in known or (node.domain, node.op_type) in functions:
+            continue
+        if domain in limits.allowed_custom_op_domains:
+            continue
+        node_name = node.name or (node.output[0] if node.output else "?")
+        if not domain:
+            raise ModelRejected(
+                f"node {node_name!r} uses operator {node.op_type!r}, which is no ONNX operator "
+                "this onnxruntime implements (a newer opset, or a misspelt operator)"
+            )
+        raise ModelRejected(
+            f"node {node_name!r} uses operator {node.op_type!r} of custom domain {domain!r}, "
+            "which onnxruntime does not implement: it needs a native custom-op library; add "
+            "the domain to allowed_custom_op_domains in the server config to allow it"
+        )
 
 
 def _check_constant_shapes(model: ModelProto, limits: CheckLimits) -> None:

@@ -78,6 +78,8 @@ class ModelConfig:
     #: max_queue_delay_ms and instance_count, which they set.
     dynamic_batching: dict[str, Any] | None = None
     instance_group: list[dict[str, Any]] | None = None
+    require_batching: bool = False
+    share_weights: bool = True
 
     def to_json(self) -> dict[str, Any]:
         """The config as `/v2/models/{m}/config` shows it."""
@@ -409,6 +411,8 @@ def parse_config(raw: Any) -> ModelConfig:
                 config.max_queue_delay_ms = delay / 1000.0
         elif key == "instance_group":
             config.instance_count = _instance_group(value)
+        elif key in ("require_batching", "share_weights") and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {json.dumps(value)}")
         setattr(config, key, value)
     _check_gpu_agrees(config)
     _check_kind(config)

@@ -7,6 +7,7 @@ when every model version reached a final state (READY or UNAVAILABLE).
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ import numpy as np
 
 from serve.core.batcher import Batcher
 from serve.core.executor import Executor
-from serve.lifecycle import runtime
+from serve.lifecycle import batch_dims, runtime
 from serve.lifecycle.config import ENSEMBLE, ONNX, ModelConfig
 from serve.lifecycle.repository import scan_repository
 from serve.observability import metrics
@@ -29,6 +30,9 @@ from serve.protocol.types import TensorSpec
 from serve.workers import readiness as worker_readiness
 
 log = logging.getLogger("tapeserve.models")
+
+#: Folder of the server's runtime folder holding the optimized copies every worker maps.
+SHARED_WEIGHTS_DIR = "weights"
 
 
 class State(str, enum.Enum):
@@ -248,6 +252,10 @@ class ModelRegistry:
 
                 load_pipeline_model(self, mv)
             mv.labels = output_labels(mv.path.parent.parent, config, [s.name for s in mv.outputs])
+            for spec in mv.outputs:  # a ZipMap's classes name the columns it maps
+                zipmap = mv.metadata.get(f"labels.{spec.name}")
+                if zipmap is not None and spec.name not in mv.labels:
+                    mv.labels[spec.name] = [str(label) for label in json.loads(zipmap)]
         except Exception as exc:
             verbatim = getattr(exc, "verbatim", False)  # the reason says it all (pipelines)
             mv.state = State.UNAVAILABLE
@@ -256,6 +264,7 @@ class ModelRegistry:
             metrics.MODEL_LOAD_FAILURES.labels(mv.name).inc()
             log.error("model %s version %s failed to load: %s", mv.name, mv.version, mv.reason)
             return
+        runtime.release_freed_memory()
         mv.state = State.READY
         elapsed = time.monotonic() - started
         metrics.MODEL_LOAD_DURATION.labels(mv.name, str(mv.version)).observe(elapsed)
@@ -277,6 +286,11 @@ class ModelRegistry:
         threads = config.intra_op_threads or runtime.intra_op_threads(
             self.workers, config.instance_count
         )
+        shared = (
+            Path(self.runtime_dir) / SHARED_WEIGHTS_DIR
+            if self.runtime_dir and config.share_weights
+            else None
+        )
         sessions = [
             runtime.create_session(
                 mv.path,
@@ -285,15 +299,14 @@ class ModelRegistry:
                 device_id=device_id,
                 cuda_options=config.cuda,
                 tensorrt_options=config.tensorrt,
+                shared_weights=shared,
             )
             for _ in range(config.instance_count)
         ]
         first = sessions[0]
         mv.inputs, mv.outputs = first.inputs, first.outputs
         mv.provider, mv.device, mv.metadata = first.provider, first.device, first.metadata
-        mv.batching = config.max_batch_size > 0 and all(
-            len(s.shape) > 0 and s.shape[0] == -1 for s in first.inputs
-        )
+        mv.batching = self._batching(mv, first)
         self._warm_up(mv, sessions)
         mv.batcher = Batcher(
             mv.name,
@@ -304,6 +317,40 @@ class ModelRegistry:
             max_queue_size=config.max_queue_size,
             batching=mv.batching,
         )
+
+    def _batching(self, mv: ModelVersion, session: runtime.Session) -> bool:
+        """Whether requests may be batched: max_batch_size > 0, every input's first dimension
+        variable, and every output carrying the batch dimension (serve.lifecycle.batch_dims).
+        A model whose outputs do not is served unbatched with a warning, or refused when its
+        config says `require_batching`."""
+        config = mv.config
+        if config.max_batch_size <= 0:
+            return False
+        fixed = [s.name for s in session.inputs if not s.shape or s.shape[0] != -1]
+        verdict = None if fixed else batch_dims.decide(session)
+        if verdict is not None and verdict.all_batched:
+            mv.outputs = [
+                TensorSpec(s.name, s.datatype, (-1, *s.shape[1:])) if s.shape else s
+                for s in mv.outputs
+            ]
+            return True
+        if fixed:
+            why = f"input(s) {', '.join(map(repr, fixed))} have a fixed first dimension"
+        else:
+            why = (
+                f"output(s) {', '.join(map(repr, verdict.other))} do not carry the batch "
+                f"dimension (their rows depend on the data; {verdict.how})"
+            )
+        if config.require_batching:
+            raise ValueError(f"config.json sets require_batching, but {why}")
+        log.log(
+            logging.INFO if fixed else logging.WARNING,
+            "model %s version %s: %s; serving it without batching, one request per run",
+            mv.name,
+            mv.version,
+            why,
+        )
+        return False
 
     def _warm_up(self, mv: ModelVersion, sessions: list[runtime.Session]) -> None:
         """Config samples must run (else the model fails); synthesized zeros may fail (logged)."""

@@ -7,6 +7,8 @@ do not survive a fork.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import logging
 import math
@@ -18,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from serve.lifecycle import shared_weights, signature
 from serve.protocol.datatypes import datatype_from_onnx
 from serve.protocol.types import TensorSpec
 
@@ -344,6 +347,9 @@ class Session:
     device: str
     #: The model file's metadata_props (producer, labels, input description, checkpoint hash...).
     metadata: dict[str, str] = field(default_factory=dict)
+    #: Every input's and output's shape as onnxruntime reports it: ints, symbolic dimension
+    #: names, None (serve.lifecycle.batch_dims reads which outputs follow the batch).
+    dims: dict[str, list] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._string_inputs = [s.name for s in self.inputs if s.datatype == "BYTES"]
@@ -369,6 +375,7 @@ def create_session(
     device_id: int | None = None,
     cuda_options: dict | None = None,
     tensorrt_options: dict | None = None,
+    shared_weights: str | Path | None = None,
 ) -> Session:
     """Load an ONNX model on `device`, checking that the provider really is the one in use.
 
@@ -376,7 +383,12 @@ def create_session(
     DeviceError instead (a silent CPU fallback is how GPU deployments quietly run slow). The
     provider options come from the model's config.json (`cuda`, `tensorrt`); TensorRT, when a
     model asks for it, must start as well (under `auto` the model then runs on CUDA, warned).
+    ZipMap outputs are served as the probability tensors they map (serve.lifecycle.signature).
+    With `shared_weights` (a folder every worker of the server sees), a CPU session loads the
+    optimized copy of the model kept there, so all workers map one copy of the weights
+    (serve.lifecycle.shared_weights).
     """
+    path = Path(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -386,7 +398,14 @@ def create_session(
     providers = providers_for(device, device_id, cuda_options, tensorrt_options)
     if len(providers) > 1:
         preload_cuda_libraries()
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    try:
+        source, extra_metadata = signature.rewritten(path)
+    except signature.UnsupportedSignature as exc:
+        raise ValueError(f"unsupported model signature: {exc}") from None
+    model: str | bytes = source if source is not None else str(path)
+    if shared_weights is not None and providers == [CPU]:
+        model = _shared_copy(path, Path(shared_weights), options, source) or model
+    session = ort.InferenceSession(model, sess_options=options, providers=providers)
     active = session.get_providers()
     if len(providers) > 1 and CUDA not in active:
         if device != "auto":
@@ -416,7 +435,44 @@ def create_session(
         outputs = _specs(session.get_outputs())
     except ValueError as exc:
         raise ValueError(f"unsupported model signature: {exc}") from None
-    return Session(session, inputs, outputs, provider, where, _metadata(session))
+    dims = {
+        arg.name: list(arg.shape or []) for arg in (*session.get_inputs(), *session.get_outputs())
+    }
+    metadata = {**_metadata(session), **extra_metadata}
+    return Session(session, inputs, outputs, provider, where, metadata, dims)
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the heap memory freed while loading back to the system (glibc `malloc_trim`).
+
+    Creating a session frees tens of MB of scratch (initializers read, then replaced by the
+    memory-mapped pre-packed ones); glibc keeps freed memory in the process, where it counts
+    against every worker. Other C libraries: nothing to do."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _shared_copy(
+    path: Path, folder: Path, options: ort.SessionOptions, source: bytes | None
+) -> str | None:
+    """The optimized copy every worker maps, or None (load the original) for a small model or
+    when the copy cannot be written."""
+    try:
+        if source is not None or shared_weights.model_bytes(path) < shared_weights.MIN_SHARED_BYTES:
+            return None
+        return str(shared_weights.optimized_copy(path, folder, options))
+    except Exception as exc:  # disk full, a graph onnxruntime cannot serialize, ...
+        log.warning("%s: weights not shared between workers (%s); loading it as it is", path, exc)
+        return None
 
 
 def _metadata(session: ort.InferenceSession) -> dict[str, str]:

@@ -29,6 +29,8 @@ class PredictRequest:
     inputs: dict[str, np.ndarray]
     row_format: bool
     signature_name: str | None = None
+    #: Row format: how many instances came (every output must answer each with one row).
+    instances: int | None = None
 
 
 def _is_b64(value: Any) -> bool:
@@ -123,7 +125,8 @@ def decode_predict(
         check_shape(what, spec.shape, arr.shape)
         arrays[spec.name] = arr
     check_batch(inputs, {n: a.shape for n, a in arrays.items()}, max_batch_size)
-    return PredictRequest(arrays, row_format, signature)
+    instances = len(doc["instances"]) if row_format else None
+    return PredictRequest(arrays, row_format, signature, instances)
 
 
 def _value(arr: np.ndarray) -> Any:
@@ -144,21 +147,35 @@ def _string(value: Any) -> Any:
         return {"b64": base64.b64encode(value).decode("ascii")}
 
 
-def encode_predict(outputs: dict[str, np.ndarray], row_format: bool) -> bytes:
-    """`{"predictions": [...]}` (row format, one entry per instance) or `{"outputs": ...}`."""
+def encode_predict(
+    outputs: dict[str, np.ndarray], row_format: bool, instances: int | None = None
+) -> bytes:
+    """`{"predictions": [...]}` (row format, one entry per instance) or `{"outputs": ...}`.
+
+    Row format needs one row per instance in every output: a detector's boxes, whose rows
+    depend on the data, cannot be told apart by instance (400: use the columnar format)."""
     arrays = {name: np.asarray(arr) for name, arr in outputs.items()}
     finite = all(jsondata.is_finite(arr) for arr in arrays.values())
+    if row_format:
+        sizes = {name: (arr.shape[0] if arr.ndim else None) for name, arr in arrays.items()}
+        if None in sizes.values() or len(set(sizes.values())) > 1:
+            raise ProtocolError(
+                400,
+                "row format ('instances') needs every output to share dimension 0 "
+                f"(got {sizes}); send the columnar 'inputs' format instead",
+            )
+        if instances is not None and set(sizes.values()) != {instances}:
+            raise ProtocolError(
+                400,
+                f"row format ('instances') needs one output row per instance ({instances}), "
+                f"but the model answered {sizes} rows (they depend on the data); send the "
+                "columnar 'inputs' format instead",
+            )
     values = {name: _value(arr) for name, arr in arrays.items()}
     if not row_format:
         doc = next(iter(values.values())) if len(values) == 1 else values
         return jsondata.dumps({"outputs": doc}, finite=finite)
-    sizes = {name: (arr.shape[0] if arr.ndim else None) for name, arr in arrays.items()}
-    if None in sizes.values() or len(set(sizes.values())) > 1:
-        raise ProtocolError(
-            400,
-            "row format ('instances') needs every output to share dimension 0 "
-            f"(got {sizes}); send the columnar 'inputs' format instead",
-        )
+    sizes = {name: arr.shape[0] for name, arr in arrays.items()}
     if len(values) == 1:
         return jsondata.dumps({"predictions": next(iter(values.values()))}, finite=finite)
     count = next(iter(sizes.values()))

@@ -175,6 +175,39 @@ def test_custom_op_domain_is_refused_unless_allowed(tmp_path: Path) -> None:
     check_model_file(path, limits=allowed)
 
 
+def _single_node_model(op: str, domain: str, imports: tuple = (), **attrs):
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    node = helper.make_node(op, ["x"], ["y"], domain=domain, **attrs)
+    opsets = tuple(imports) + (((domain, 1),) if domain not in ("", "ai.onnx") else ())
+    return hostile._model(helper.make_graph([node], "m", [x], [y]), extra_opsets=opsets)
+
+
+def test_imported_operator_sets_no_node_uses_are_harmless(tmp_path: Path) -> None:
+    """Judged by operators: onnxruntime's transformer optimizer imports ai.onnx.preview,
+    com.microsoft.experimental, org.pytorch.aten... that no node of the model uses."""
+    unused = (("ai.onnx.preview", 1), ("com.microsoft.experimental", 1), ("com.example.x", 1))
+    path = hostile.write_version(tmp_path, "m", 1, _single_node_model("Relu", "", unused))
+    check_model_file(path)
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # and onnxruntime agrees
+
+
+def test_microsoft_contrib_operators_are_onnxruntimes_own(tmp_path: Path) -> None:
+    model = _single_node_model("FastGelu", "com.microsoft")
+    check_model_file(hostile.write_version(tmp_path, "m", 1, model))
+
+
+def test_an_operator_onnxruntime_does_not_implement_is_refused_in_any_domain(tmp_path: Path):
+    for domain, expected in (("", "no ONNX operator"), ("com.microsoft", "custom-op library")):
+        path = hostile.write_version(
+            tmp_path, f"m{len(domain)}", 1, _single_node_model("Pwn", domain)
+        )
+        reason = _rejected(path)
+        assert "'Pwn'" in reason and expected in reason, reason
+
+
 def test_garbage_file_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "m" / "1"
     folder.mkdir(parents=True)

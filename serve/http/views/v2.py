@@ -116,7 +116,7 @@ def model_config(name: str, version: str | None = None) -> Response:
         if (mv is None or mv.batching) and config.max_batch_size > 0
         else None,
         "input": [v2.tensor_metadata(s) for s in mv.inputs] if mv else [],
-        "output": [v2.tensor_metadata(s) for s in mv.outputs] if mv else [],
+        "output": [_output_config(mv, s) for s in mv.outputs] if mv else [],
         "instance_group": [
             {
                 "count": config.instance_count,
@@ -132,6 +132,15 @@ def model_config(name: str, version: str | None = None) -> Response:
         "config": config.to_json(),
     }
     return json_response(doc)
+
+
+def _output_config(mv: ModelVersion, spec) -> dict:
+    """An output's metadata, with the class labels of its columns when the model has them
+    (label files, or a ZipMap's classes: serve.lifecycle.signature)."""
+    doc = v2.tensor_metadata(spec)
+    if spec.name in mv.labels:
+        doc["labels"] = mv.labels[spec.name]
+    return doc
 
 
 def _version_status(mv: ModelVersion) -> dict:
