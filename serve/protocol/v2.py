@@ -52,7 +52,7 @@ def parse_header_length(value: str | int | None, body_size: int) -> int | None:
 
 
 def decode_infer(
-    body: bytes,
+    body: bytes | memoryview,
     header_length: int | str | None,
     *,
     raw_input: TensorSpec | None = None,
@@ -62,12 +62,13 @@ def decode_infer(
     `header_length` is the Inference-Header-Content-Length header (None when absent). When it
     is 0 the whole body is the single input tensor of `raw_input`, with batch 1.
     """
-    body = bytes(body)
+    if not isinstance(body, (bytes, memoryview)):
+        body = bytes(body)  # a memoryview is kept: tensors are read from it in place
     header_length = parse_header_length(header_length, len(body))
     if header_length == 0:
         return _decode_raw(body, raw_input)
     json_end = len(body) if header_length is None else header_length
-    doc = jsondata.loads_infer(body if header_length is None else body[:header_length])
+    doc = jsondata.loads_infer(bytes(body if header_length is None else body[:header_length]))
     if not isinstance(doc, dict):
         raise ProtocolError(400, "request body must be a JSON object")
     request_id = doc.get("id")
