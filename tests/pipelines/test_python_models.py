@@ -225,3 +225,34 @@ def test_a_process_killed_while_idle_is_replaced_before_the_next_request(pipelin
     answer = probes.infer(url, "double", [probes.fp32("X", [probes.A])])
     assert answer["status"] == 200, answer
     assert "the process ended while idle" in pipelines_server.log()
+
+
+def test_a_new_version_replaces_the_process_of_the_old(tapeserve_server, tmp_path) -> None:
+    """Poll mode: version 2 of a Python model takes over, and version 1's process is finalized
+    and ends once its requests are answered (no process left behind per reload)."""
+    import re
+    import shutil
+
+    from tests.pipelines.conftest import HERE
+
+    shutil.copytree(HERE / "models" / "double", tmp_path / "double")
+    server = tapeserve_server(tmp_path, extra_args=["--allow-python-models", "--model-control-mode",
+                                                    "poll", "--poll-interval", "0.2"])  # fmt: skip
+    x = [probes.fp32("X", [probes.A])]
+    assert probes.infer(server.url, "double", x)["body"]["outputs"][0]["data"] == [2, 4, 6, 8]
+    (old,) = re.findall(r"double version 1 instance 0: process (\d+) ready", server.log())
+    staged = tmp_path / ".staging"
+    staged.mkdir()
+    source = (HERE / "models" / "double" / "1" / "model.py").read_text()
+    (staged / "model.py").write_text(source.replace("x * 2", "x * 3"))
+    staged.rename(tmp_path / "double" / "2")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = probes.infer(server.url, "double", x)
+        if answer["body"]["outputs"][0]["data"] == [3, 6, 9, 12]:
+            break
+        time.sleep(0.2)
+    assert answer["body"]["outputs"][0]["data"] == [3, 6, 9, 12]
+    while time.monotonic() < deadline and _running(int(old)):
+        time.sleep(0.2)
+    assert not _running(int(old)), "version 1's process was left running"
