@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import tracing
+from engine import _memory, tracing
 from engine.ops import REGISTRY, Primitive
 from engine.ops._util import norm_axes
 
@@ -619,6 +619,8 @@ def backward(outputs: Sequence[Tensor], grads: Sequence[Any], create_graph: bool
              inputs: Sequence[Tensor] | None = None) -> None:  # fmt: skip
     """Reverse-mode sweep from `outputs` seeded with `grads`, accumulating into leaves' .grad
     (into `inputs`' .grad only, when given)."""
+    if not _memory._done:
+        _memory.keep_freed_memory()
     seeds = [_seed(t, g) for t, g in zip(outputs, grads, strict=True)]
     found = _walk(outputs, seeds, inputs, create_graph, accumulate=inputs is None)
     for t, g in zip(inputs or (), found, strict=False):

@@ -180,9 +180,12 @@ def _weight_matrix(w):
     return w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
 
 
-def _nhwc_rows(a):
-    """(N, C, H, W) -> (N*H*W, C) contiguous."""
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1)).reshape(-1, a.shape[1])
+def _empty_as(shape, like, dtype):
+    """An uninitialised array of `shape` laid out in memory in `like`'s axis order (so a
+    gradient of an NHWC-backed activation is NHWC-backed too)."""
+    order = sorted(range(like.ndim), key=lambda a: -like.strides[a])
+    buffer = np.empty([shape[a] for a in order], dtype=dtype)
+    return buffer.transpose(np.argsort(order))
 
 
 def _conv(x, w, stride, padding, dilation, groups, bias=None):
@@ -205,8 +208,9 @@ def _conv(x, w, stride, padding, dilation, groups, bias=None):
         all_cols.append(cols)
     if bias is not None:
         out += bias
-    out = np.ascontiguousarray(out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2))
-    return out, all_cols
+    # (N, O, Ho, Wo) as a view of the GEMM's NHWC rows: no copy here, the next im2col's NHWC
+    # copy is a straight one, and element-wise ops and the pools keep the layout
+    return out.reshape(n, ho, wo, o).transpose(0, 3, 1, 2), all_cols
 
 
 def _col2im(cols, x_shape, kernel, stride, padding, dilation):
@@ -374,16 +378,17 @@ def _cat(parts, axis):
 
 
 def _tiled_window_grad(g, arg, kh, kw, x_shape):
-    """Max-pool gradient when windows tile the input (stride == kernel): kh*kw masked copies."""
+    """Max-pool gradient when windows tile the input (stride == kernel, no padding): each
+    kernel offset's values are picked from g contiguously (where arg == k), then written
+    through one strided view; every input position is written once."""
     n, c, ho, wo = g.shape
-    tiles = np.zeros((n, c, ho, kh, wo, kw), dtype=g.dtype)
+    gx = _empty_as(x_shape, g, g.dtype)
+    if x_shape[2] != ho * kh or x_shape[3] != wo * kw:
+        gx[...] = 0  # the cropped border gets no gradient
+    won = np.empty(arg.shape, dtype=bool)
     for k in range(kh * kw):
-        np.copyto(tiles[:, :, :, k // kw, :, k % kw], g, where=arg == k)
-    tiles = tiles.reshape(n, c, ho * kh, wo * kw)
-    if tiles.shape == tuple(x_shape):
-        return tiles
-    gx = np.zeros(x_shape, dtype=g.dtype)
-    gx[:, :, : ho * kh, : wo * kw] = tiles
+        np.equal(arg, k, out=won)  # g times a mask: far faster than np.where with a scalar
+        np.multiply(g, won, out=gx[:, :, k // kw : ho * kh : kh, k % kw : wo * kw : kw])
     return gx
 
 
@@ -402,12 +407,23 @@ def _lowest(dtype):
 
 
 def _first_argmax(node):
-    """Kernel offset of the first maximum in each window (torch's choice on ties)."""
+    """Kernel offset of the first maximum in each window (torch's choice on ties), computed
+    once per node and kept in its `saved` list (shared by every use of its derivative).
+
+    The kernel-offset views are strided reads, which numpy does ten times slower than
+    contiguous ones, so each is copied out once before the comparisons."""
+    cache = node.saved
+    if cache:
+        return cache[0]
     x = node.xs[0]
     parts = _pool_parts(x, node.attrs, _lowest(x.dtype))
-    arg = np.full(node.out.shape, len(parts) - 1, dtype=np.int16)
-    for k in range(len(parts) - 2, -1, -1):
-        np.copyto(arg, k, where=parts[k] == node.out)
+    # arg = sum over k of "no maximum among offsets 0..k": counts the misses before the first hit
+    arg = np.zeros(node.out.shape, dtype=np.uint8 if len(parts) < 256 else np.int16)
+    searching = np.ones(node.out.shape, dtype=bool)
+    for part in parts[:-1]:
+        np.logical_and(searching, part != node.out, out=searching)
+        arg += searching
+    cache.append(arg)
     return arg
 
 
@@ -417,14 +433,15 @@ class MaxPool2d(Primitive):
     over tiny window rows is far slower); which element won is found only for gradients."""
 
     name = "max_pool2d"
+    saves = True  # an empty list: the derivative keeps the winners' offsets in it
 
     def forward(x, kernel_size, stride, padding=(0, 0)):
         attrs = {"kernel_size": kernel_size, "stride": stride, "padding": padding}
         parts = _pool_parts(x, attrs, _lowest(x.dtype))
-        out = parts[0].copy()
+        out = np.copy(parts[0], order="K")  # the input's layout (NHWC-backed after a conv)
         for part in parts[1:]:
             np.maximum(out, part, out=out)
-        return out
+        return out, []
 
     def jvp(t, node):  # the tangent of each window's (first) winner
         return apply(MaxPoolSelect, [t[0]], arg=_first_argmax(node), **_pool_attrs(node.attrs))
@@ -482,10 +499,7 @@ class MaxPoolScatter(Linear):
         kh, kw = kernel_size
         if stride == (kh, kw) and padding == (0, 0):
             return _tiled_window_grad(g, arg, kh, kw, x_shape)
-        zero = np.zeros((), g.dtype)
-        parts = (
-            ((i, j), np.where(arg == i * kw + j, g, zero)) for i in range(kh) for j in range(kw)
-        )
+        parts = (((i, j), g * (arg == i * kw + j)) for i in range(kh) for j in range(kw))
         return _scatter_windows(parts, x_shape, padding, stride, (1, 1), g.dtype)
 
     def transpose(g, node):
