@@ -297,14 +297,19 @@ def unflatten(theta, sizes, index_fn):
     return params
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, calls: int = 1) -> dict:
+    """Median milliseconds per call of each function, their blocks of `calls` calls taking
+    turns for `rounds` rounds (so load drifting during the run hits every side alike)."""
+    for fn in fns.values():
         fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[k].append((time.perf_counter() - start) * 1e3 / calls)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def higher_order(args: argparse.Namespace) -> None:
@@ -344,32 +349,45 @@ def higher_order(args: argparse.Namespace) -> None:
     v = np.random.default_rng(3).standard_normal(theta.size)
     rows = []
     with threadpool_limits(limits=threads):
-        g_ms = timed(lambda: grad(loss_engine)(theta), args.repeats)
-        h_ms = timed(lambda: hvp(loss_engine, theta, v), args.repeats)
-        rows.append(("MLP 8-40-16-1 (1,033 params), float64, batch 64", g_ms, h_ms))
+        t = interleaved({"grad": lambda: grad(loss_engine)(theta),
+                         "hvp": lambda: hvp(loss_engine, theta, v)}, args.repeats, 20)  # fmt: skip
+        rows.append(("MLP 8-40-16-1 (1,033 params), float64, batch 64", t["grad"], t["hvp"],
+                     load()))  # fmt: skip
         big = big_mlp_problem()
-        g_ms = timed(lambda: grad(big["loss"])(big["theta"]), max(3, args.repeats // 3))
-        h_ms = timed(lambda: hvp(big["loss"], big["theta"], big["v"]), max(3, args.repeats // 3))
-        rows.append(("MLP 784-512-512-10 (669,706 params), float32, batch 128", g_ms, h_ms))
+        t = interleaved({"grad": lambda: grad(big["loss"])(big["theta"]),
+                         "hvp": lambda: hvp(big["loss"], big["theta"], big["v"])},
+                        args.repeats, 3)  # fmt: skip
+        rows.append(("MLP 784-512-512-10 (669,706 params), float32, batch 128", t["grad"],
+                     t["hvp"], load()))  # fmt: skip
         h_eng = engine.autodiff.hessian
-        fwd = timed(lambda: h_eng(loss_engine, "forward-over-reverse")(theta), 1)
-        rev = timed(lambda: h_eng(loss_engine, "reverse-over-reverse")(theta), 1)
         tt = torch.from_numpy(theta)
-        ref = timed(lambda: torch.func.hessian(loss_torch)(tt), 3)
+        before = load()
+        t = interleaved({
+            "fwd": lambda: h_eng(loss_engine, "forward-over-reverse")(theta),
+            "rev": lambda: h_eng(loss_engine, "reverse-over-reverse")(theta),
+            "torch": lambda: torch.func.hessian(loss_torch)(tt),
+        }, 3)  # fmt: skip
+        fwd, rev, ref = t["fwd"], t["rev"], t["torch"]
         check = np.asarray(hessian(loss_engine)(theta))
         err = np.abs(check - torch.func.hessian(loss_torch)(tt).numpy()).max()
+    print(f"Hessian-vector product against one gradient ({threads} threads, interleaved blocks, "
+          "medians; hvp is forward-over-reverse: target <= 3x):")  # fmt: skip
+    print()
     print("| function | gradient ms | hvp ms | hvp / gradient | load 1/5 min |")
     print("|---|---|---|---|---|")
-    for label, g_ms, h_ms in rows:
-        print(f"| {label} | {g_ms:.2f} | {h_ms:.2f} | {h_ms / g_ms:.2f}x | {load()} |")
+    for label, g_ms, h_ms, at in rows:
+        print(f"| {label} | {g_ms:.2f} | {h_ms:.2f} | {h_ms / g_ms:.2f}x | {at} |")
     print()
     print(f"Hessian of the 1,033-parameter MLP loss ({theta.size}x{theta.size}, float64, "
-          f"{threads} threads; max |engine - torch| = {err:.1e}):")  # fmt: skip
+          f"{threads} threads, median of 3 interleaved runs, load {before} -> {load()}; "
+          f"max |engine - torch| = {err:.1e}):")  # fmt: skip
     print()
     print("| method | ms | / torch.func.hessian |")
     print("|---|---|---|")
     print(f"| engine hessian, forward-over-reverse | {fwd:.0f} | {fwd / ref:.1f}x |")
-    print(f"| engine hessian, reverse-over-reverse | {rev:.0f} | {rev / ref:.1f}x |")
+    print(
+        f"| engine hessian, reverse-over-reverse (auto's choice) | {rev:.0f} | {rev / ref:.1f}x |"
+    )
     print(f"| torch.func.hessian (jacfwd(jacrev), vmapped) | {ref:.0f} | 1.0x |")
     print(f"\nload 1/5 min after: {load()}")
 
@@ -408,7 +426,7 @@ def main() -> None:
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=9, help="blocks per side")
-    parser.add_argument("--repeats", type=int, default=15, help="timings per higher-order row")
+    parser.add_argument("--repeats", type=int, default=9, help="rounds per higher-order row")
     parser.add_argument("--base", default=DEFAULT_BASE, help="git revision of the baseline")
     parser.add_argument("--skip-first-order", action="store_true")
     parser.add_argument("--skip-higher", action="store_true")

@@ -242,20 +242,29 @@ def _float(x: Any) -> np.ndarray:
 HESSIAN_MODES = ("auto", "forward-over-reverse", "reverse-over-reverse")
 
 
+def auto_hessian_mode(out_size: int) -> str:
+    """hessian's "auto" choice for an f with `out_size` outputs (see hessian)."""
+    return "reverse-over-reverse" if out_size == 1 else "forward-over-reverse"
+
+
 def hessian(f: Callable[[Tensor], Tensor], mode: str = "auto") -> Callable[[Any], Tensor]:
     """x -> the Hessian of f at x, shaped out.shape + x.shape + x.shape.
 
     Both modes first take f's derivative in reverse (the gradient, or for a vector-valued f
     its Jacobian row by row), then differentiate that again:
 
-    - "forward-over-reverse": one JVP of the gradient per input element (Hessian-vector
-      products); no second tape is kept.
-    - "reverse-over-reverse": the gradient's own graph is recorded once, then walked back once
-      per gradient element.
-    - "auto" picks by shape: forward-over-reverse when f is scalar (one gradient, n JVPs of it,
-      JAX's choice), reverse-over-reverse when f has several outputs, so that each output's
-      gradient graph is recorded once and reused for every row instead of re-running f with
-      dual numbers out.size times per column.
+    - "forward-over-reverse": one JVP of the derivative per input element (Hessian-vector
+      products): f and its reverse pass run again with dual numbers for every column; no
+      second tape is kept.
+    - "reverse-over-reverse": the derivative's own graph is recorded once, then walked back
+      once per element of the derivative (out.size * x.size walks).
+    - "auto" picks by shape. A scalar f (out.size == 1) gets reverse-over-reverse: its one
+      gradient graph is recorded once and each of the n rows is one walk back, where forward
+      mode re-runs f for each of the n columns (2.2x slower for the 1,033-parameter MLP in
+      benchmarks/engine_vs_torch.py). A vector f gets forward-over-reverse: a walk back from one
+      element of the stacked Jacobian also walks every other output's graph (with zero
+      cotangents), so reverse-over-reverse costs out.size times more walks (5x slower for
+      R^50 -> R^10); forward mode's n columns each cover all outputs at once.
     """
     if mode not in HESSIAN_MODES:
         raise ValueError(f"mode must be one of {HESSIAN_MODES}, not {mode!r}")
@@ -268,8 +277,7 @@ def hessian(f: Callable[[Tensor], Tensor], mode: str = "auto") -> Callable[[Any]
         chosen = mode
         if chosen == "auto":
             with _tensor.no_grad():
-                scalar = _out(f(Tensor(x0.data))).data.size == 1
-            chosen = "forward-over-reverse" if scalar else "reverse-over-reverse"
+                chosen = auto_hessian_mode(_out(f(Tensor(x0.data))).data.size)
         outer = "forward" if chosen == "forward-over-reverse" else "reverse"
         return jacobian(first, x0, mode=outer)
 
@@ -368,4 +376,4 @@ def _compare(what: str, analytic: np.ndarray, numeric: np.ndarray, atol: float, 
 
 
 __all__ = ["dual_level", "make_dual", "unpack_dual", "jvp", "vjp", "grad", "hvp", "jacobian",
-           "hessian", "gradcheck", "numerical_jacobian"]  # fmt: skip
+           "hessian", "auto_hessian_mode", "gradcheck", "numerical_jacobian"]  # fmt: skip

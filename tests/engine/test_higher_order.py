@@ -10,7 +10,17 @@ import pytest
 import engine
 import engine.functional as F
 from engine import Tensor
-from engine.autodiff import dual_level, grad, hessian, hvp, jacobian, jvp, make_dual, vjp
+from engine.autodiff import (
+    auto_hessian_mode,
+    dual_level,
+    grad,
+    hessian,
+    hvp,
+    jacobian,
+    jvp,
+    make_dual,
+    vjp,
+)
 from engine.ops import REGISTRY, Primitive, register
 from engine.tensor import apply
 from tests.engine.test_ops import CASES, float_args
@@ -230,6 +240,13 @@ def test_grad_of_grad_jvp_of_grad_vjp_of_grad_and_jacobian_of_grad_agree():
     assert_close(grad(lambda y: grad(rosenbrock)(y) @ Tensor(v))(x), expected @ v, rtol=1e-12)
     for mode in ("auto", "forward-over-reverse", "reverse-over-reverse"):
         assert_close(hessian(rosenbrock, mode=mode)(x), expected, rtol=1e-12)
+
+
+def test_hessian_mode_is_chosen_by_the_output_size():
+    assert auto_hessian_mode(1) == "reverse-over-reverse"
+    assert auto_hessian_mode(3) == "forward-over-reverse"
+    with pytest.raises(ValueError, match="mode must be one of"):
+        hessian(rosenbrock, mode="sideways")
 
 
 def test_hessian_of_a_vector_function_has_one_block_per_output():
