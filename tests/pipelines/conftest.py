@@ -65,6 +65,18 @@ def build_repository(root: Path) -> Path:
         config = json.loads((root / name / "config.json").read_text())
         config.update(name=name, warmup=[{"X": {"shape": [1, 4], "data": [first, 0, 0, 0]}}])
         (root / name / "config.json").write_text(json.dumps(config))
+    parallel = {
+        "platform": "ensemble",
+        "max_batch_size": 8,
+        "input": [{"name": n, "data_type": "TYPE_FP32", "dims": [4]} for n in ("A", "B")],
+        "output": [{"name": n, "data_type": "TYPE_FP32", "dims": [4]} for n in ("A2", "B2")],
+        "ensemble_scheduling": {"step": [
+            {"model_name": "double", "input_map": {"X": "A"}, "output_map": {"Y": "A2"}},
+            {"model_name": "raiser", "input_map": {"X": "B"}, "output_map": {"Y": "B2"}},
+        ]},
+    }  # fmt: skip
+    (root / "ens_parallel" / "1").mkdir(parents=True)
+    (root / "ens_parallel" / "config.json").write_text(json.dumps(parallel))
     onnx_ensemble(root)
     return root
 

@@ -192,3 +192,20 @@ def test_gthread_workers_run_ensembles_in_request_threads(tapeserve_server, tmp_
     inputs = [probes.fp32("INPUT0", [probes.A]), probes.fp32("INPUT1", [probes.B]), name]
     bls = probes.infer(server.url, "bls", inputs)
     assert bls == TRITON["bls add_sub"]
+
+
+def test_independent_steps_run_together_and_a_failing_one_answers(pipelines_server) -> None:
+    """Two steps that need each other's nothing form one wave (run at once on the event loop);
+    when one fails the request fails with that step, and the other's answer is dropped."""
+    url = pipelines_server.url
+    ok = probes.infer(url, "ens_parallel", [probes.fp32("A", [probes.A]),
+                                            probes.fp32("B", [[3, 0, 0, 0]])])  # fmt: skip
+    assert ok["status"] == 200, ok
+    assert {o["name"]: o["data"] for o in ok["body"]["outputs"]} == {
+        "A2": [2, 4, 6, 8], "B2": [6, 0, 0, 0]}  # fmt: skip
+    failed = probes.infer(url, "ens_parallel", [probes.fp32("A", [probes.A]),
+                                                probes.fp32("B", [[2, 0, 0, 0]])])  # fmt: skip
+    assert failed["status"] == 400
+    assert failed["body"]["error"] == (
+        "in ensemble 'ens_parallel', step 1:raiser failed: X[0] == 2 is refused"
+    )
