@@ -22,7 +22,8 @@ Every primitive is registered in `REGISTRY` by name and has:
                    the others held fixed       adds an additive bias input's term)
   `Primitive`      ``jvp(tangents, node)``:    VJP = the transpose of that linear map, found
                    the tangent of the output   by running it backwards (`self_adjoint` ops
-                                               just reuse it)
+                                               just reuse it; a hot op may state `transpose`,
+                                               tested to be the JVP's adjoint)
   ===============  ==========================  =============================================
 
 Rules are written in engine ops on Tensors (``node.inputs``, ``node.output``, cotangents and
@@ -64,9 +65,16 @@ class Primitive:
             if value is not None and not isinstance(value, staticmethod | classmethod):
                 setattr(cls, rule, staticmethod(value))
 
+    # A `jvp` primitive may also state the transpose of that JVP when running the JVP
+    # backwards is measurably slower (log_softmax: every classifier's backward pass);
+    # tests/engine/test_higher_order.py checks each such pair is adjoint, so they cannot drift.
+    transpose = None
+
     @classmethod
     def vjp(cls, g, node) -> tuple:
         """Cotangents of the inputs (Tensors or None) from the output's cotangent `g`."""
+        if cls.transpose is not None:
+            return cls.transpose(g, node)
         return _derive.transpose_jvp(cls, g, node)
 
     # jvp(tangents, node) -> the output's tangent (a Tensor, or None when it is zero), from

@@ -6,10 +6,14 @@ tangents, and be differentiated again.
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from engine.ops import REGISTRY
-from engine.tensor import Node, Tensor, _grad_mode, _vjp, apply, is_grad_enabled, recording
+from engine.tensor import Node, Tensor, _vjp, apply
+
+_T = importlib.import_module("engine.tensor")  # its grad mode and recorder are set here
 
 
 def sum_to(g: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -113,35 +117,53 @@ def transpose_jvp(op, g, node) -> tuple:
         cots[i] = op.jvp(tangents, node) if node.needs[i] else None
         return tuple(cots)
     leaves = [
-        Tensor._wrap(np.broadcast_to(np.zeros((), x.dtype), x.shape), True)
-        if need and x.dtype.kind == "f"
-        else None
+        Tensor._wrap(_zeros(x.shape, x.dtype), True) if need and x.dtype.kind == "f" else None
         for x, need in zip(node.inputs, node.needs, strict=True)
     ]
     if all(leaf is None for leaf in leaves):
         return (None,) * n
-    create_graph = is_grad_enabled()
-    with recording() as taped:
+    create_graph = _T._grad_enabled
+    recorder, _T._recorder, _T._grad_enabled = _T._recorder, [], True  # tape the JVP's ops
+    try:
+        taped = _T._recorder
         out_t = op.jvp(leaves, node if create_graph else _tape_free(node))
+    finally:
+        _T._recorder, _T._grad_enabled = recorder, create_graph
     if out_t is None or not out_t.requires_grad:
         return (None,) * n
     # Walk the JVP's graph back from g along the tangents' paths only (the coefficients it
-    # multiplies them by are constants of this linear map).
+    # multiplies them by are constants of this linear map). Taped outputs are in creation
+    # order, which is a topological order.
     on_path = {id(leaf) for leaf in leaves if leaf is not None}
     for t in taped:
         if any(id(x) in on_path for x in t._node.inputs):
             on_path.add(id(t))
     pending = {id(out_t): g}
-    with _grad_mode(create_graph):
-        for t in reversed(taped):
-            gt = pending.pop(id(t), None)
-            if gt is None:
-                continue
-            node_t = t._node
-            for x, gx in zip(node_t.inputs, _vjp(node_t, t, gt, create_graph), strict=True):
-                if gx is not None and id(x) in on_path:
-                    pending[id(x)] = pending[id(x)] + gx if id(x) in pending else gx
+    for t in reversed(taped):
+        gt = pending.pop(id(t), None)
+        if gt is None:
+            continue
+        node_t = t._node
+        for x, gx in zip(node_t.inputs, _vjp(node_t, t, gt, create_graph), strict=True):
+            if gx is not None and id(x) in on_path:
+                k = id(x)
+                pending[k] = pending[k] + gx if k in pending else gx
     return tuple(None if leaf is None else pending.get(id(leaf)) for leaf in leaves)
+
+
+_ZEROS: dict[tuple, np.ndarray] = {}
+
+
+def _zeros(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A read-only zero array of `shape` taking no memory (a broadcast scalar), cached: the
+    tangents a JVP is run on to transpose it."""
+    key = (shape, dtype)
+    z = _ZEROS.get(key)
+    if z is None:
+        if len(_ZEROS) > 256:
+            _ZEROS.clear()
+        z = _ZEROS[key] = np.broadcast_to(np.zeros((), dtype), shape)
+    return z
 
 
 def _untaped(t: Tensor | None) -> Tensor | None:

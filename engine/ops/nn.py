@@ -8,6 +8,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from engine.ops import Linear, Multilinear, Primitive, register
+from engine.ops.reduce import Sum
 from engine.ops.shape import ScatterAdd, Transpose
 from engine.tensor import Tensor, apply
 
@@ -45,9 +46,13 @@ class LogSoftmax(Primitive):
         shifted = x - x.max(axis=axis, keepdims=True)
         return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
-    def jvp(t, node):  # d log_softmax = t - <softmax, t>
+    def jvp(t, node):  # J t = t - <softmax, t>: J = I - 1 softmax^T
         softmax = node.output.exp()
-        return t[0] - (softmax * t[0]).sum(axis=node.attrs["axis"], keepdims=True)
+        return t[0] - apply(Sum, [softmax * t[0]], axes=(node.attrs["axis"],), keepdims=True)
+
+    def transpose(g, node):  # J^T g = g - softmax <1, g> (stated for speed; checked adjoint)
+        softmax = node.output.exp()
+        return (g - softmax * apply(Sum, [g], axes=(node.attrs["axis"],), keepdims=True),)
 
     def onnx(ctx, ins, node):
         return ctx.node("LogSoftmax", ins, axis=node.attrs["axis"])
@@ -183,6 +188,8 @@ def _weight_matrix(w):
 def _empty_as(shape, like, dtype):
     """An uninitialised array of `shape` laid out in memory in `like`'s axis order (so a
     gradient of an NHWC-backed activation is NHWC-backed too)."""
+    if like.flags.c_contiguous:
+        return np.empty(shape, dtype=dtype)
     order = sorted(range(like.ndim), key=lambda a: -like.strides[a])
     buffer = np.empty([shape[a] for a in order], dtype=dtype)
     return buffer.transpose(np.argsort(order))
@@ -445,6 +452,10 @@ class MaxPool2d(Primitive):
 
     def jvp(t, node):  # the tangent of each window's (first) winner
         return apply(MaxPoolSelect, [t[0]], arg=_first_argmax(node), **_pool_attrs(node.attrs))
+
+    def transpose(g, node):  # the select's adjoint (stated for speed; checked adjoint)
+        return (apply(MaxPoolScatter, [g], arg=_first_argmax(node), x_shape=node.xs[0].shape,
+                      **_pool_attrs(node.attrs)),)  # fmt: skip
 
     def onnx(ctx, ins, node):
         a = node.attrs

@@ -148,6 +148,53 @@ def _split(case, z):
     return out
 
 
+STATED_TRANSPOSES = sorted(
+    name for name, p in REGISTRY.items() if p.derivative == "jvp" and p.transpose is not None
+)
+
+
+@pytest.mark.parametrize("name", STATED_TRANSPOSES)
+def test_stated_transposes_are_adjoint_to_the_jvp(name):
+    """A jvp primitive that also states its transpose (for speed) states the same derivative:
+    <J t, g> == <t, J^T g> on every case of the op, and the stated transpose equals the one
+    derived by running the JVP backwards."""
+    from engine.ops._derive import transpose_jvp
+
+    cases = [c for c in CASES if name in c.ops]
+    assert cases, f"{name} has no case"
+    rng = np.random.default_rng(3)
+    for case in cases:
+        fn, inputs = partial_fn_of(case)
+        t = [rng.standard_normal(a.shape) for a in inputs]
+        out, jt = jvp(fn, inputs, t)
+        g = rng.standard_normal(out.shape)
+        _, back = vjp(fn, *inputs)
+        jtg = back(g)
+        lhs = float((np.asarray(jt) * g).sum())
+        rhs = sum(float((np.asarray(a) * b).sum()) for a, b in zip(jtg, t, strict=True))
+        assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs)), (case.id, lhs, rhs)
+    case = cases[0]
+    fn, inputs = partial_fn_of(case)
+    out = fn(*[Tensor(a, requires_grad=True) for a in inputs])
+    node = out._node
+    assert node.op is REGISTRY[name], f"{case.id} must end in {name}"
+    node.output = out
+    g = Tensor(rng.standard_normal(out.shape))
+    stated = REGISTRY[name].transpose(g, node)
+    derived = transpose_jvp(type("Derived", (REGISTRY[name],), {"transpose": None}), g, node)
+    node.output = None
+    for a, b in zip(stated, derived, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert_close(a, b, rtol=1e-12)
+
+
+def partial_fn_of(case):
+    from tests.engine.test_ops import partial_fn
+
+    return partial_fn(case)
+
+
 def test_every_differentiable_primitive_has_a_second_order_case():
     covered = {op for case in SECOND_ORDER_CASES for op in case.ops}
     differentiable = {name for name, p in REGISTRY.items() if p.differentiable}
