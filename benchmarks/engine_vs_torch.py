@@ -7,10 +7,14 @@ update, float32, batch 128, for an MLP 784-512-512-10 and a small CNN on 1x28x28
 this checkout's engine, the engine at `--base` (exported with `git archive`), and torch. Each
 imports only its own library, with its thread pools sized by environment before import
 (OMP/OPENBLAS/MKL_NUM_THREADS) and checked with threadpoolctl, so no process's idle pool spins
-on the cores the other one is timing. Blocks of `--steps` steps rotate between the three for
-`--rounds` rounds; the table reports each side's median block and the ratios of medians. The
-load average is printed beside every row: rows taken while it exceeds the core count were
-measured on a loaded machine.
+on the cores the other one is timing (when torch and numpy shared one process, OpenBLAS's
+workers busy-waiting ~0.1 s after the engine's last GEMM ran into torch's block, and torch's
+OpenMP workers into the engine's: that, page-fault churn and other load on the shared cores
+are what made the old single-process ratios swing; see engine/README.md). Blocks of `--steps`
+steps rotate between the three for `--rounds` rounds; the table reports each side's median
+block and the ratios of medians, and "engine/base CPU" the ratio of process CPU time per step,
+which other load disturbs less. The load average is printed beside every row: rows taken while
+it exceeds the core count were measured on a loaded machine.
 
 Table 2: a Hessian-vector product (forward-over-reverse) against one gradient, for the MLP above
 (w.r.t. its parameters) and an MLP with about 1,000 parameters, and that small MLP's full
