@@ -31,7 +31,7 @@ _levels: list[int] = []
 _visible = 0  # how many of _levels (from the outermost) apply() sees
 _level_ids = itertools.count(1)
 _creation = itertools.count()
-_recorder: list | None = None  # while set, apply() appends each taped output (see `recording`)
+_recorder: list | None = None  # while set, apply() appends each taped output (creation order)
 
 P = REGISTRY
 
@@ -762,19 +762,6 @@ def _topological(outputs: Sequence[Tensor], floor: int = 0) -> list[Tensor]:
 
 
 # --- grad mode ----------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def recording() -> Iterator[list[Tensor]]:
-    """Collect, in creation order (a topological order), the outputs taped inside the block,
-    with grad mode on: a small graph that can be walked back without searching it."""
-    global _recorder, _grad_enabled
-    previous = _recorder, _grad_enabled
-    _recorder, _grad_enabled = [], True
-    try:
-        yield _recorder
-    finally:
-        _recorder, _grad_enabled = previous
 
 
 @contextlib.contextmanager

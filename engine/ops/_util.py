@@ -10,19 +10,6 @@ import numpy as np
 INT64_MAX = np.iinfo(np.int64).max
 
 
-def unbroadcast(g: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Sum a broadcast gradient back to the operand's shape."""
-    if g.shape == shape:
-        return g
-    lead = g.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
-    )
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g.reshape(shape)
-
-
 def norm_axes(axis: int | Sequence[int] | None, ndim: int) -> tuple[int, ...]:
     """Non-negative, sorted reduction axes; None means all axes."""
     if axis is None:
