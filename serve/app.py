@@ -11,9 +11,11 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from flask import Flask
 
+from serve.core.admin import AdminPlane
 from serve.core.auth import ADMIN_TOKEN_ENV, INFERENCE_TOKEN_ENV, read_token
 from serve.core.inference import InferenceCore
 from serve.http.app import create_flask_app
@@ -21,6 +23,9 @@ from serve.http.fast_path import TapeserveASGI
 from serve.lifecycle.control import RUNTIME_DIR_ENV, ControlSettings, ModelController
 from serve.lifecycle.registry import ModelRegistry
 from serve.settings import Settings
+
+if TYPE_CHECKING:
+    from serve.grpc.server import GrpcServer
 
 
 def _configure_logging(level: str) -> None:
@@ -39,13 +44,14 @@ class WorkerApp:
     """One worker's server: its inference core and the front doors over it.
 
     A WSGI callable (the Flask app: what the gthread worker serves); the async worker serves
-    `asgi()`, which answers inference on its event loop.
+    `asgi()`, which answers inference on its event loop. Both worker classes run
+    `grpc_server()` beside it.
     """
 
-    def __init__(self, core: InferenceCore, flask_app: Flask, controller: ModelController) -> None:
+    def __init__(self, core: InferenceCore, flask_app: Flask, admin: AdminPlane) -> None:
         self.core = core
         self.flask_app = flask_app
-        self.controller = controller
+        self.admin = admin
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         return self.flask_app(environ, start_response)
@@ -53,6 +59,20 @@ class WorkerApp:
     def asgi(self, threads: int = 8) -> TapeserveASGI:
         """The ASGI app of the async worker (`threads` run the Flask endpoints)."""
         return TapeserveASGI(self.core, self.flask_app, threads)
+
+    def grpc_server(self) -> GrpcServer | None:
+        """This worker's gRPC server (not started), or None when --grpc-port is 0.
+
+        gRPC is imported here, in the worker: the Gunicorn master must fork before any gRPC
+        object exists."""
+        settings = self.core.settings
+        if not settings.grpc_port:
+            return None
+        from serve.grpc.server import GrpcServer
+
+        return GrpcServer(
+            self.core, self.admin, settings.host, settings.grpc_port, settings.threads
+        )
 
 
 def create_app(settings: Settings | None = None) -> WorkerApp:
@@ -76,11 +96,11 @@ def create_app(settings: Settings | None = None) -> WorkerApp:
         read_token(settings.inference_token_file or None, INFERENCE_TOKEN_ENV),
     )
     registry.in_process = core  # ensembles and Python models call other models through it
-    admin_token = read_token(settings.admin_token_file or None, ADMIN_TOKEN_ENV)
-    flask_app = create_flask_app(core, controller, admin_token)
+    admin = AdminPlane(controller, read_token(settings.admin_token_file or None, ADMIN_TOKEN_ENV))
+    flask_app = create_flask_app(core, admin)
     controller.start()
     logging.getLogger("tapeserve").info(
         "loading models from %s (device %s)", settings.model_repository, settings.device
     )
     registry.start()
-    return WorkerApp(core, flask_app, controller)
+    return WorkerApp(core, flask_app, admin)

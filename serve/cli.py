@@ -73,6 +73,15 @@ def main() -> None:
     "--port", default=default("port"), show_default=True, type=int, envvar="TAPESERVE_PORT"
 )
 @click.option(
+    "--grpc-port",
+    default=default("grpc_port"),
+    show_default=True,
+    type=click.IntRange(min=0),
+    envvar="TAPESERVE_GRPC_PORT",
+    help="Port of the gRPC inference service (KServe V2 / Triton), served by every worker; "
+    "0 turns gRPC off.",
+)
+@click.option(
     "--workers",
     default=default("workers"),
     show_default=True,
@@ -154,7 +163,8 @@ def main() -> None:
 )
 @control_options
 def serve(model_repository: Path | None, **options: object) -> None:
-    """Serve a model repository over HTTP (KServe V2 and TF Serving REST) with Gunicorn."""
+    """Serve a model repository over HTTP (KServe V2 and TF Serving REST) and gRPC (KServe V2)
+    with Gunicorn."""
     repository = model_repository or default_model_repository()
     if not repository.is_dir():
         raise click.BadParameter(

@@ -80,6 +80,7 @@ class Settings:
     model_repository: str = ""
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001  # 0: no gRPC
     #: 0: chosen at start - one per GPU on a GPU, else two (two beat one ~1.8x on a 2-core CPU,
     #: docs/performance.md); see serve.lifecycle.runtime.default_workers.
     workers: int = 0
@@ -112,8 +113,8 @@ class Settings:
                 f"worker_class must be one of {', '.join(WORKER_CLASSES)}, "
                 f"got {self.worker_class!r}"
             )
-        for name in ("port", "workers", "threads", "max_body_size"):
-            if int(getattr(self, name)) < (0 if name in ("port", "workers") else 1):
+        for name in ("port", "grpc_port", "workers", "threads", "max_body_size"):
+            if int(getattr(self, name)) < (0 if name in ("port", "grpc_port", "workers") else 1):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.model_control_mode not in CONTROL_MODES:
             raise ValueError(

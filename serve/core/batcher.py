@@ -243,7 +243,9 @@ class Batcher:
 
     def _await(self, pending: _Pending, timeout: float | None) -> bool:
         """Wait for the answer, or to be handed an instance and a batch to run (then run it)."""
-        if not pending._signal.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+        if timeout is not None:
+            timeout = min(max(0.0, timeout), threading.TIMEOUT_MAX)
+        if not pending._signal.acquire(timeout=-1 if timeout is None else timeout):
             return False
         if pending.lead is not None:
             runner, batch = pending.lead

@@ -32,7 +32,7 @@ from serve.observability import metrics
 from serve.pipelines.classification import classify
 from serve.protocol.datatypes import datatype_of
 from serve.protocol.types import InferInput, InferRequest, ProtocolError, RequestedOutput
-from serve.protocol.validate import validate_request
+from serve.protocol.validate import check_timeout, validate_request
 from serve.settings import Settings
 
 log = logging.getLogger("tapeserve.core")
@@ -240,15 +240,8 @@ class InferenceCore:
         """Monotonic deadline: the sooner of the request's `timeout` parameter (microseconds;
         else the model's default_timeout_ms) and the transport's deadline (gRPC)."""
         deadline = None
-        if timeout_us is not None:
-            if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
-                raise ProtocolError(
-                    400,
-                    f"parameter 'timeout' must be a non-negative integer (microseconds), "
-                    f"got {timeout_us!r}",
-                )
-            if timeout_us > 0:
-                deadline = time.monotonic() + timeout_us / 1e6
+        if check_timeout(timeout_us):
+            deadline = time.monotonic() + timeout_us / 1e6
         if deadline is None and mv.config.default_timeout_ms > 0:
             deadline = time.monotonic() + mv.config.default_timeout_ms / 1000.0
         if transport is not None and (deadline is None or transport < deadline):

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from flask import Flask
 
+from serve.core.admin import AdminPlane
 from serve.core.inference import InferenceCore
-from serve.http import admin, name_guard
+from serve.http import admin as admin_views
+from serve.http import name_guard
 from serve.http.views import inference, status, tfserving, v2
 from serve.http.views.common import register_error_handlers
-from serve.lifecycle.control import ModelController
 from serve.observability import accesslog
 
 
-def create_flask_app(
-    core: InferenceCore, controller: ModelController, admin_token: str | None
-) -> Flask:
-    """The Flask app over `core`, with the admin plane over `controller`."""
+def create_flask_app(core: InferenceCore, admin: AdminPlane) -> Flask:
+    """The Flask app over `core` and the admin plane `admin`."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = core.max_body_size
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -29,5 +28,5 @@ def create_flask_app(
     register_error_handlers(app)
     accesslog.init_app(app, core.settings.log_level)  # JSON access log lines, X-Request-ID
     name_guard.init_app(app)  # every model URL, before routing
-    admin.init_model_control(app, controller, admin_token)
+    admin_views.init_app(app, admin)
     return app

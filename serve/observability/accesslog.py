@@ -34,8 +34,14 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 #: ULIDs, ...); anything else is replaced, so a client cannot inject text into headers or logs.
 _VALID_ID = re.compile(r"[A-Za-z0-9._:+=@/-]{1,128}")
 
-#: Paths of probes and scrapes: logged at DEBUG whatever their status.
-_PROBE_PATHS = ("/v2/health/", "/metrics")
+#: Paths of probes and scrapes (HTTP paths, gRPC methods): logged at DEBUG whatever their status.
+_PROBE_PATHS = (
+    "/v2/health/",
+    "/metrics",
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}
 

@@ -22,6 +22,7 @@ from serve.protocol.types import (
     RequestedOutput,
     TensorSpec,
 )
+from serve.protocol.validate import check_timeout
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MAX_RANK = 32
@@ -125,13 +126,7 @@ def _check_request_parameters(parameters: dict) -> None:
     binary = parameters.get("binary_data_output", False)
     if not isinstance(binary, bool):
         raise ProtocolError(400, f"'binary_data_output' must be true or false, got {_kind(binary)}")
-    timeout = parameters.get("timeout")
-    if timeout is not None and (
-        not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0
-    ):
-        raise ProtocolError(
-            400, f"'timeout' must be a non-negative integer of microseconds, got {timeout!r}"
-        )
+    check_timeout(parameters.get("timeout"))
 
 
 def _check_unsupported(parameters: dict, what: str) -> None:

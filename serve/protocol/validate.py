@@ -7,6 +7,17 @@ from serve.protocol.binary import fmt_shape
 from serve.protocol.types import InferRequest, ProtocolError, TensorSpec
 
 
+def check_timeout(timeout: object) -> int | None:
+    """The request parameter `timeout` (microseconds; 0 or absent: none), or a 400."""
+    if timeout is not None and (
+        not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0
+    ):
+        raise ProtocolError(
+            400, f"'timeout' must be a non-negative integer of microseconds, got {timeout!r}"
+        )
+    return timeout  # type: ignore[return-value]
+
+
 def shape_matches(expected: tuple[int, ...], got: tuple[int, ...]) -> bool:
     """Same rank and every fixed dimension equal; -1 matches any size."""
     return len(expected) == len(got) and all(

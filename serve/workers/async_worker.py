@@ -200,9 +200,11 @@ class DrainingServer(Server):
     """uvicorn's Server with the drain of serve/workers/drain.py, reporting to Gunicorn's
     heartbeat."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, grpc_server: Any = None) -> None:
         super().__init__(config)
         self.server_state = DrainingServerState()
+        #: The worker's gRPC server (serve/grpc/server.py), drained alongside.
+        self.grpc_server = grpc_server
         # The master SIGKILLs workers graceful_timeout after it sent SIGTERM: end a moment
         # before, cleanly, with a log line saying what was cut.
         self.graceful_timeout = max(0.0, config.timeout_graceful_shutdown - STOP_MARGIN_S)
@@ -250,6 +252,9 @@ class DrainingServer(Server):
             server.close()
         for sock in sockets or []:
             sock.close()
+        if self.grpc_server is not None:  # refuses new calls at once, lets running ones finish
+            grace = 0.0 if self.force_exit else max(0.0, deadline - time.monotonic())
+            self.grpc_server.begin_stop(grace)
         logger.info(
             "%s: listeners closed, %d connection(s) open, %d taken from the backlog",
             "Quick shutdown" if self.force_exit else "Draining",
@@ -262,6 +267,8 @@ class DrainingServer(Server):
         for connection in list(self.server_state.connections):
             connection.shutdown()
         await self._wait_drained(deadline)
+        if self.grpc_server is not None:
+            await asyncio.to_thread(self.grpc_server.wait_stopped, deadline - time.monotonic())
         if not self.force_exit:
             await self.lifespan.shutdown()
 
@@ -333,11 +340,19 @@ class AsyncWorker(UvicornWorker):
 
     def load_wsgi(self) -> None:
         super().load_wsgi()  # serve.app:create_app(): the worker's WorkerApp
-        self.wsgi = self.wsgi.asgi(threads=self.cfg.threads)
+        self.worker_app = self.wsgi
+        self.wsgi = self.worker_app.asgi(threads=self.cfg.threads)
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
-        server = DrainingServer(self.config)
+        grpc_server = self.worker_app.grpc_server()
+        if grpc_server is not None:  # its own threads, beside uvicorn's loop
+            try:
+                grpc_server.start()
+            except Exception as exc:
+                logger.error("gRPC server failed to start: %s", exc)
+                sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        server = DrainingServer(self.config, grpc_server)
         if self._early_stop is not None:
             server.request_stop(*self._early_stop)
         # The plain sockets, not Gunicorn's wrappers: uvloop then detaches each as it closes its

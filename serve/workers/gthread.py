@@ -22,8 +22,11 @@ draining flag, the error shape and the clean exit after a drain are shared (serv
 from __future__ import annotations
 
 import socket
+import sys
+import time
 
 from gunicorn import util
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from serve.core.health import start_draining
@@ -44,12 +47,32 @@ class DrainingThreadWorker(ThreadWorker):
         util.write_error = _write_json_error  # used by handle_error for header-level errors
         super().init_process()
 
+    grpc_server = None  # the worker's gRPC server (serve/grpc/server.py)
+
     def run(self) -> None:
-        super().run()
+        self.grpc_server = self.wsgi.grpc_server()  # self.wsgi: serve.app:create_app()'s app
+        if self.grpc_server is not None:
+            try:
+                self.grpc_server.start()
+            except Exception as exc:
+                self.log.error("gRPC server failed to start: %s", exc)
+                sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        try:
+            super().run()
+        finally:
+            if self.grpc_server is not None:
+                stop_by = self.stop_by or time.monotonic() + self.cfg.graceful_timeout
+                self.grpc_server.begin_stop(max(0.0, stop_by - time.monotonic()))
+                self.grpc_server.wait_stopped(stop_by - time.monotonic())
         self.drained = True  # everything answered, or the grace period ran out
+
+    stop_by: float | None = None  # when the master kills this worker after SIGTERM (monotonic)
 
     def handle_exit(self, sig, frame) -> None:
         start_draining()
+        self.stop_by = time.monotonic() + max(0.0, self.cfg.graceful_timeout - 0.25)
+        if self.grpc_server is not None:  # refuses new calls now, beside the HTTP drain
+            self.grpc_server.begin_stop(self.stop_by - time.monotonic())
         super().handle_exit(sig, frame)
 
     def set_accept_enabled(self, enabled: bool) -> None:

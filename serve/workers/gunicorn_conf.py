@@ -27,6 +27,7 @@ from serve.lifecycle.runtime import (
 )
 from serve.settings import WORKER_CLASSES, Settings, normalize_multiproc_dir
 from serve.workers import readiness as worker_readiness
+from serve.workers.ports import check_port_free
 
 try:
     _settings = Settings.from_env()
@@ -35,6 +36,10 @@ except (ValueError, DeviceError) as exc:
     sys.exit(f"tapeserve: {exc}")
 if not _settings.workers:
     _settings.workers = default_workers(_settings.device)
+try:
+    check_port_free(_settings.host, _settings.grpc_port)
+except OSError as exc:
+    sys.exit(f"tapeserve: gRPC port {_settings.grpc_port}: {exc.strerror or exc}")
 os.environ.update(_settings.to_env())  # workers read the same settings, defaults resolved
 
 # Multiprocess metrics: set before prometheus_client is imported anywhere (it reads it once);
@@ -51,9 +56,8 @@ if _own_runtime_dir:
 bind = [f"[{_settings.host}]:{_settings.port}" if ":" in _settings.host else
         f"{_settings.host}:{_settings.port}"]  # fmt: skip
 workers = _settings.workers
-threads = (
-    _settings.threads
-)  # async: the thread pool of the Flask endpoints (serve/http/fast_path.py)
+# async: the thread pool of the Flask endpoints (serve/http/fast_path.py)
+threads = _settings.threads
 worker_class = WORKER_CLASSES[_settings.worker_class]  # both drain (serve/workers/drain.py)
 preload_app = False
 timeout = _settings.timeout

@@ -360,3 +360,64 @@ def test_a_cancelled_request_lets_go_of_its_model_version(app: TapeserveASGI) ->
 
     asyncio.run(main())
     assert mv.users == 0
+
+
+#: Cases that have a gRPC counterpart: the same tensors sent raw to ModelInfer.
+_GRPC_CASES = {
+    "json": ("ident", None, X, "FP32"),
+    "json version": ("ident", "1", X, "FP32"),
+    "unbatched model": ("fixed", None, X, "FP32"),
+    "wrong shape": ("ident", None, np.zeros((1, 4), np.float32), "FP32"),
+    "wrong datatype": ("ident", None, np.zeros((1, 3), np.int32), "INT32"),
+    "batch too large": ("ident", None, np.zeros((9, 3), np.float32), "FP32"),
+    "unknown model": ("nope", None, X, "FP32"),
+    "unknown version": ("ident", "7", X, "FP32"),
+}
+
+
+def test_grpc_answers_as_the_fast_path(tmp_path) -> None:
+    """The same core behind gRPC: the same outputs, and for a failure the status derived from
+    the same code and the same message as the fast path's `{"error": ...}`."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from tests.support.server import free_port
+
+    worker = create_app(
+        Settings(
+            model_repository=str(_repository(tmp_path / "repo")),
+            log_level="warning",
+            grpc_port=free_port(),
+        )
+    )
+    deadline = time.monotonic() + 30
+    while not worker.core.registry.ready(strict=True):
+        assert time.monotonic() < deadline, "models did not load"
+        time.sleep(0.02)
+    fast_app = worker.asgi(threads=2)
+    grpc = worker.grpc_server()
+    grpc.start()
+    grpc_status = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND"}
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{worker.core.settings.grpc_port}")
+        for case, (model, version, x, datatype) in _GRPC_CASES.items():
+            path, body, headers = CASES[case]
+            status, _, fast_body = call_asgi(fast_app, path, body, headers)
+            tensor = grpcclient.InferInput("x", list(x.shape), datatype)
+            tensor.set_data_from_numpy(x)
+            try:
+                result = client.infer(model, [tensor], model_version=version or "")
+            except InferenceServerException as exc:
+                assert status != 200, (case, exc)
+                assert exc.status() == f"StatusCode.{grpc_status[status]}", case
+                assert exc.message() == json.loads(fast_body)["error"], case
+                continue
+            assert status == 200, case
+            out = json.loads(fast_body)["outputs"][0]
+            np.testing.assert_array_equal(
+                result.as_numpy("y"), np.asarray(out["data"], np.float32).reshape(out["shape"])
+            )
+        client.close()
+    finally:
+        grpc.begin_stop(1.0)
+        grpc.wait_stopped(5.0)

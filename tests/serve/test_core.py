@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from serve.core.admin import AdminPlane
 from serve.core.batcher import DeadlineExceeded, QueueFull
 from serve.core.errors import Code, ServeError, failure_for, is_unexpected
 from serve.core.inference import InferenceCore
@@ -224,7 +225,7 @@ def test_one_name_rule_for_urls_and_repository_folders(tmp_path: Path, caplog) -
 
 def test_inference_routes_are_listed_once_and_every_face_has_them(core: InferenceCore) -> None:
     controller = ModelController(core.registry, ControlSettings())
-    app = create_flask_app(core, controller, None)
+    app = create_flask_app(core, AdminPlane(controller, None))
     rules = {rule.rule: rule.methods for rule in app.url_map.iter_rules()}
     paths = openapi_document("0")["paths"]
     for route in INFERENCE_ROUTES:

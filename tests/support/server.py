@@ -43,6 +43,13 @@ class RunningServer:
     log_path: Path
     repository: Path
     _scratch: Path = field(repr=False, default=Path())
+    #: The gRPC port (0: gRPC off).
+    grpc_port: int = 0
+
+    @property
+    def grpc_url(self) -> str:
+        """`host:port` of the gRPC service, as tritonclient.grpc takes it."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
@@ -106,13 +113,22 @@ def start_server(
     Call `.stop()` when done (the fixture does).
     """
     port = free_port()
+    grpc_port = free_port()
+    while grpc_port == port:
+        grpc_port = free_port()
     repository = Path(repository).absolute()  # the server runs in its scratch folder
     scratch = Path(tempfile.mkdtemp(prefix="tapeserve-test-"))
     log_path = scratch / "server.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith("TAPESERVE_")}
     (scratch / "metrics").mkdir()
     child_env["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / "metrics")
+    # Every test server serves gRPC too, on a port of its own (an environment variable, so a
+    # server of an older revision, which knows no --grpc-port, starts as well).
+    child_env["TAPESERVE_GRPC_PORT"] = str(grpc_port)
     child_env.update(env or {})
+    grpc_port = int(child_env["TAPESERVE_GRPC_PORT"])
+    if "--grpc-port" in extra_args:
+        grpc_port = int(extra_args[list(extra_args).index("--grpc-port") + 1])
     if plain_gunicorn:
         if extra_args:
             raise ValueError("plain_gunicorn takes its settings from env, not extra_args")
@@ -141,7 +157,7 @@ def start_server(
             start_new_session=True,
         )
     server = RunningServer(
-        f"http://127.0.0.1:{port}", port, process, log_path, Path(repository), scratch
+        f"http://127.0.0.1:{port}", port, process, log_path, Path(repository), scratch, grpc_port
     )
     path = {"ready": "/v2/health/ready", "live": "/v2/health/live"}.get(wait)
     if path is None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, render_template
 
+from serve.core.describe import server_version
 from serve.http.openapi import openapi_document
 from serve.http.views.common import core, json_response
-from serve.http.views.v2 import server_version
 from serve.lifecycle.registry import State
 from serve.observability import metrics
 
