@@ -13,7 +13,7 @@
 # Any base works as long as it is Debian/Ubuntu-like: Python is installed from the distribution
 # when the base lacks it.
 #
-# Run:  docker run -p 8000:8000 -v "$PWD/examples/models:/models:ro" tapeserve
+# Run:  docker run -p 8000:8000 -p 8001:8001 -v "$PWD/examples/models:/models:ro" tapeserve
 # Settings come from TAPESERVE_* environment variables (see docs/deploy.md); no secrets are baked in.
 
 ARG BASE_IMAGE=python:3.11-slim-bookworm
@@ -109,10 +109,12 @@ RUN tapeserve --help >/dev/null
 ENV HOME=/tmp \
     TAPESERVE_MODEL_REPOSITORY=/models \
     TAPESERVE_HOST=0.0.0.0 \
-    TAPESERVE_PORT=8000
+    TAPESERVE_PORT=8000 \
+    TAPESERVE_GRPC_PORT=8001
 USER ${APP_UID}:${APP_UID}
 WORKDIR /tmp
-EXPOSE 8000
+# HTTP (REST) and gRPC.
+EXPOSE 8000 8001
 # Readiness, not liveness: a container whose models did not load is reported unhealthy.
 # Python instead of curl, which slim and CUDA bases do not ship.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

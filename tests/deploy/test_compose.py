@@ -136,6 +136,7 @@ def test_podman_compose_resolves_the_stack(profile):
         "TAPESERVE_IMAGE",
         "TAPESERVE_GPU_IMAGE",
         "TAPESERVE_HOST_PORT",
+        "TAPESERVE_GRPC_HOST_PORT",
     ):
         env.pop(name, None)
     resolved = yaml.safe_load(_podman_compose("--profile", profile, "config", env=env).stdout)
@@ -143,7 +144,7 @@ def test_podman_compose_resolves_the_stack(profile):
     assert set(resolved["services"]) == {server, "prometheus", "grafana"}
     (models,) = resolved["services"][server]["volumes"]
     assert (COMPOSE.parent / models["source"]).resolve() == ROOT / "examples" / "models"
-    assert resolved["services"][server]["ports"] == ["127.0.0.1:8000:8000"]
+    assert resolved["services"][server]["ports"] == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001"]
     if profile == "gpu":  # the CUDA image, built from the CPU image's base with NVIDIA's wheels
         assert resolved["services"][server]["build"]["args"] == ["VARIANT=cuda"]
         assert resolved["services"][server]["image"] == "localhost/tapeserve:cuda"

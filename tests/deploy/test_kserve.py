@@ -1,4 +1,5 @@
-"""deploy/kserve/inferenceservice.yaml: what KServe requires of a custom predictor."""
+"""deploy/kserve/inferenceservice.yaml (REST) and inferenceservice-grpc.yaml (gRPC, h2c): what
+KServe requires of a custom predictor."""
 
 from __future__ import annotations
 
@@ -54,3 +55,31 @@ def test_predictor_is_a_valid_pod_spec(service, version):
     pod_spec["containers"] = predictor["containers"]
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod_spec}
     validate(pod, version)
+
+
+@pytest.fixture(scope="module")
+def grpc_service() -> dict:
+    return load_yaml(DEPLOY / "kserve" / "inferenceservice-grpc.yaml")
+
+
+def test_grpc_predictor_is_routed_as_h2c_and_probed_over_grpc(grpc_service):
+    (container,) = grpc_service["spec"]["predictor"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    (port,) = container["ports"]
+    assert port["name"] == "h2c", "KServe routes HTTP/2 (gRPC) to a port named h2c"
+    assert int(env["TAPESERVE_GRPC_PORT"]) == port["containerPort"]
+    assert int(env["TAPESERVE_PORT"]) != port["containerPort"]
+    Settings.from_env({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+    assert container["readinessProbe"]["grpc"] == {
+        "port": port["containerPort"],
+        "service": "readiness",
+    }
+    assert container["livenessProbe"]["grpc"] == {
+        "port": port["containerPort"],
+        "service": "liveness",
+    }
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_grpc_predictor_is_a_valid_pod_spec(grpc_service, version):
+    test_predictor_is_a_valid_pod_spec(grpc_service, version)

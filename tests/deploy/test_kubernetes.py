@@ -82,7 +82,11 @@ def test_config_map_holds_only_known_settings(rendered):
 def test_probes_follow_the_model_server_conventions(rendered):
     _, container = _container(rendered[1])
     port = int(_config(rendered[1])["TAPESERVE_PORT"])
-    assert container["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}]
+    grpc_port = int(_config(rendered[1])["TAPESERVE_GRPC_PORT"])
+    assert container["ports"] == [
+        {"name": "http", "containerPort": port, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": grpc_port, "protocol": "TCP"},
+    ]
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     startup = container["startupProbe"]
