@@ -14,6 +14,8 @@ only figures from one run compare):
    sync 2 workers and gthread 1 x 8, JSON, no batching); tapeserve on its default (async)
    worker with JSON and binary bodies, batching on (max_batch_size 64) and off, and on the
    gthread worker (`--worker-class gthread`) with batching on, to show what the worker buys;
+   and tapeserve's gRPC service with the same tensors raw, driven by h2load (HTTP/2, one call in
+   flight per connection, as wrk's connections);
 4. every server's answer is checked against onnxruntime once per configuration; the server's
    peak memory (summed RSS and PSS of its process tree) is sampled while wrk runs;
 5. writes `benchmarks/results/serving.{md,json,png}`: the table with ratios, the targets (the
@@ -23,7 +25,8 @@ only figures from one run compare):
 
     .venv/bin/python benchmarks/serving.py [--models cnn,mlp] [--duration 5] [--warmup 2]
 
-About 10 minutes with the defaults. Needs wrk and, for the plot, matplotlib (`.[bench]`).
+About 10 minutes with the defaults. Needs wrk, h2load and, for the plot, matplotlib
+(`.[bench]`).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.servers.floor_app import ANSWER as FLOOR_ANSWER  # noqa: E402
+from loadgen import grpc as grpc_bench  # noqa: E402
 from loadgen import http as bench  # noqa: E402
 from serve.settings import Settings  # noqa: E402
 from tests.support.memory import memory_kb, process_tree  # noqa: E402
@@ -74,6 +78,7 @@ SERVERS = ("floor", "floor asgi", "flask sync", "flask gthread", "tapeserve", "t
 UVICORN_WORKER = "uvicorn_worker.UvicornWorker"
 FLOOR_THREADS = 8
 DEFAULT_WORKER_CLASS = Settings.worker_class  # what `tapeserve serve` runs without the option
+GRPC_PATH = grpc_bench.MODEL_INFER
 
 # ---------------------------------------------------------------------------------------------
 # Models, samples, bodies
@@ -158,6 +163,19 @@ def flask_body(x: np.ndarray) -> bytes:
 def v2_body(x: np.ndarray, binary_data: bool) -> tuple[bytes, dict]:
     """A V2 infer body for input `x` (JSON, or binary tensors in and out) and its headers."""
     return bench.encode_request({"x": x}, binary_data)
+
+
+def grpc_body(model: str, x: np.ndarray) -> bytes:
+    """A ModelInferRequest for input `x` (raw contents), framed as gRPC sends it: a 0 byte (not
+    compressed), the length (4 bytes, big-endian), the message. h2load posts it as is."""
+    message = grpc_bench.encode_request(model, "", {"x": x})
+    return b"\0" + len(message).to_bytes(4, "big") + message
+
+
+def grpc_outputs(answer: bytes) -> np.ndarray:
+    response = grpc_bench.pb.ModelInferResponse.FromString(answer)
+    out = response.outputs[0]
+    return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(tuple(out.shape))
 
 
 def flask_outputs(body: bytes) -> np.ndarray:
@@ -270,6 +288,42 @@ def run_wrk(url: str, body_file: Path, headers: dict, connections: int, seconds:
     return parse_wrk(done.stdout)
 
 
+def run_h2load(url: str, body_file: Path, connections: int, seconds: float, scratch: Path) -> dict:
+    """One h2load run (1 thread, `connections` HTTP/2 connections, one call in flight on each, as
+    wrk's connections) posting the framed gRPC request; latencies from its per-request log.
+
+    h2load sees HTTP statuses, not gRPC's (which travel in trailers): the answer was checked with
+    a gRPC client before, and the request counters of the server show whether every call
+    succeeded (`errors` counts what h2load itself saw fail)."""
+    log = scratch / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends to it
+    argv = [
+        "h2load", "-t1", f"-c{connections}", "-m1", f"-D{max(1, round(seconds))}",
+        "-H", "content-type: application/grpc", "-H", "te: trailers",
+        "-d", str(body_file), "--log-file", str(log), url,
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"h2load failed ({done.returncode}): {done.stderr}{done.stdout}")
+    latencies, failed = [], 0
+    for line in log.read_text().splitlines():
+        _, status, micros = line.split("\t")
+        if status == "200":
+            latencies.append(int(micros) / 1000.0)
+        else:
+            failed += 1
+    match = next(s for s in done.stdout.splitlines() if s.startswith("requests:"))
+    errored = int(match.split(" failed, ")[1].split(" errored")[0])
+    ordered = sorted(latencies)
+    return {
+        "rps": len(latencies) / max(1, round(seconds)),
+        "p50_ms": ordered[len(ordered) // 2] if ordered else float("nan"),
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0,
+        "errors": failed + errored,
+        "requests": len(latencies),
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Servers
 
@@ -281,6 +335,7 @@ class Server:
     url: str
     pid: int
     stop: object
+    grpc_url: str = ""  # host:port of the gRPC service (tapeserve)
 
 
 def _wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
@@ -368,7 +423,7 @@ def tapeserve(
         extra += ["--worker-class", worker_class]
     running = start_server(repository, workers=workers, threads=threads, extra_args=extra)
     try:
-        yield Server(running.url, running.process.pid, running.stop)
+        yield Server(running.url, running.process.pid, running.stop, running.grpc_url)
     finally:
         running.stop()
 
@@ -400,11 +455,17 @@ class Case:
     path: str
     body: bytes
     headers: dict
-    kind: str  # "floor" | "flask" | "v2"
+    kind: str  # "floor" | "flask" | "v2" | "grpc"
 
 
-def check_case(url: str, case: Case, expected: np.ndarray) -> str:
-    """POST the case's body once and compare the answer with onnxruntime: "ok" or raises."""
+def check_case(server: Server, case: Case, expected: np.ndarray) -> str:
+    """Send the case's body once and compare the answer with onnxruntime: "ok" or raises."""
+    if case.kind == "grpc":
+        got = grpc_outputs(grpc_bench.one_request(server.grpc_url, case.body[5:]))
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
+            raise RuntimeError(f"{case.label}: wrong answer {got.ravel()[:4]}")
+        return "matches onnxruntime"
+    url = server.url
     response = requests.post(url + case.path, data=case.body, headers=case.headers, timeout=30)
     if response.status_code != 200:
         raise RuntimeError(f"{case.label}: HTTP {response.status_code} {response.text[:300]}")
@@ -440,7 +501,7 @@ def drive(
     for server, cases in servers:
         samplers.append(MemorySampler(server.pid))
         for case in cases:
-            checks[case.label, case.model] = check_case(server.url, case, refs[case.model])
+            checks[case.label, case.model] = check_case(server, case, refs[case.model])
             bodies[case.label, case.model] = scratch / f"body-{len(bodies)}.bin"
             bodies[case.label, case.model].write_bytes(case.body)
     for sampler in samplers:
@@ -457,9 +518,15 @@ def drive(
                 for server, case, sampler in plan:
                     if case.model != model:
                         continue
-                    url, body = server.url + case.path, bodies[case.label, case.model]
-                    run_wrk(url, body, case.headers, c, args.warmup)
-                    result = run_wrk(url, body, case.headers, c, args.duration)
+                    body = bodies[case.label, case.model]
+                    if case.kind == "grpc":
+                        url = f"http://{server.grpc_url}{case.path}"
+                        run_h2load(url, body, c, args.warmup, scratch)
+                        result = run_h2load(url, body, c, args.duration, scratch)
+                    else:
+                        url = server.url + case.path
+                        run_wrk(url, body, case.headers, c, args.warmup)
+                        result = run_wrk(url, body, case.headers, c, args.duration)
                     row = {
                         "server": case.server,
                         "label": case.label,
@@ -603,6 +670,29 @@ def targets(rows: list[dict], raw: dict, model: str = "cnn") -> list[tuple[str, 
                 f"{ours_p50 / flask_p50:.2f}x",
                 "<= 1.1x",
                 ours_p50 / flask_p50 <= 1.1,
+            )
+        )
+    grpc64, grpc_p50, bin_p50 = (
+        rps("tapeserve gRPC batch", 64),
+        p50("tapeserve gRPC batch", 1),
+        (p50("tapeserve binary batch", 1)),
+    )
+    if grpc64 and bin64:
+        out.append(
+            (
+                f"{model} gRPC vs HTTP binary c=64",
+                f"{grpc64 / bin64:.2f}x",
+                ">= 1x",
+                grpc64 >= bin64,
+            )
+        )
+    if grpc_p50 and bin_p50:
+        out.append(
+            (
+                f"{model} gRPC vs HTTP binary c=1 p50",
+                f"{grpc_p50:.2f} vs {bin_p50:.2f} ms ({grpc_p50 / bin_p50:.2f}x)",
+                "<= 1x",
+                grpc_p50 <= bin_p50,
             )
         )
     if bin64 and limit:
@@ -750,9 +840,11 @@ def cases_for(model: str, x: np.ndarray) -> dict[str, list[Case]]:
     }
     for batching in ("batch", "nobatch"):
         infer = f"/v2/models/{model}_{batching}/infer"
+        grpc = grpc_body(f"{model}_{batching}", x)
         out["tapeserve"] += [
             Case("tapeserve", f"tapeserve JSON {batching}", model, infer, v2_json, h_json, "v2"),
             Case("tapeserve", f"tapeserve binary {batching}", model, infer, v2_bin, h_bin, "v2"),
+            Case("tapeserve", f"tapeserve gRPC {batching}", model, GRPC_PATH, grpc, {}, "grpc"),
         ]
     infer = f"/v2/models/{model}_batch/infer"
     out["tapeserve gthread"] += [
@@ -781,6 +873,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
+    if shutil.which("h2load") is None and "tapeserve" in args.servers:
+        sys.exit("h2load is not installed (apt-get install nghttp2-client; it drives gRPC)")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     conns = [int(c) for c in args.connections.split(",")]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]

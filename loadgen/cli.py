@@ -1,4 +1,5 @@
-"""The `tapeserve bench` subcommand (load generation itself lives in loadgen/http.py)."""
+"""The `tapeserve bench` subcommand (load generation itself lives in loadgen/http.py and, for
+`--protocol grpc`, loadgen/grpc.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,24 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from loadgen import grpc as grpc_bench
 from loadgen import http as bench
 
 
 @click.command("bench")
 @click.argument("model")
 @click.option(
-    "--url", default="http://127.0.0.1:8000", show_default=True, help="Base URL of the V2 server."
+    "--protocol",
+    type=click.Choice(["http", "grpc"]),
+    default="http",
+    show_default=True,
+    help="V2 over HTTP (JSON or binary bodies) or the V2 gRPC service (raw tensors).",
+)
+@click.option(
+    "--url",
+    default=None,
+    help="Base URL of the V2 server [default: http://127.0.0.1:8000, with --protocol grpc "
+    "127.0.0.1:8001].",
 )
 @click.option("--model-version", default="", help="Model version [default: the server's choice].")
 @click.option(
@@ -93,7 +105,8 @@ from loadgen import http as bench
 )
 def bench_command(
     model: str,
-    url: str,
+    protocol: str,
+    url: str | None,
     model_version: str,
     concurrency: str,
     duration: float,
@@ -124,10 +137,16 @@ def bench_command(
             raise click.UsageError(
                 "--plot needs matplotlib: pip install 'tapeserve[bench]'"
             ) from None
+    grpc_mode = protocol == "grpc"
+    url = url or ("127.0.0.1:8001" if grpc_mode else "http://127.0.0.1:8000")
     try:
-        target = bench.Target.parse(url)
-        path = bench.model_path(model, model_version)
-        metadata = bench.request_json(target, "GET", path, timeout)
+        if grpc_mode:
+            addr = grpc_bench.address(url)
+            metadata = grpc_bench.model_metadata(addr, model, model_version, timeout)
+        else:
+            target = bench.Target.parse(url)
+            path = bench.model_path(model, model_version)
+            metadata = bench.request_json(target, "GET", path, timeout)
         if input_file is not None:
             inputs = bench.inputs_from_file(input_file)
             if "" in inputs:
@@ -137,17 +156,23 @@ def bench_command(
                 inputs = {names[0]: inputs.pop("")}
         else:
             inputs = bench.inputs_from_metadata(metadata, batch_size)
-        body, headers = bench.encode_request(inputs, binary_data)
-        infer_path = target.base_path + path + "/infer"
-        bench.check_answer(*bench.one_request(target, infer_path, body, headers, timeout), metadata)
+        if grpc_mode:
+            body = grpc_bench.encode_request(model, model_version, inputs)
+            grpc_bench.check_answer(grpc_bench.one_request(addr, body, timeout), metadata)
+        else:
+            body, headers = bench.encode_request(inputs, binary_data)
+            infer_path = target.base_path + path + "/infer"
+            bench.check_answer(
+                *bench.one_request(target, infer_path, body, headers, timeout), metadata
+            )
     except (RuntimeError, ValueError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None
     if save_body is not None:
         save_body.write_bytes(body)
     shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in inputs.items())
+    encoding = "gRPC raw" if grpc_mode else ("binary" if binary_data else "JSON")
     click.echo(
-        f"{model} at {url}: {'binary' if binary_data else 'JSON'} body of {len(body)} bytes "
-        f"({shapes}); answer checked",
+        f"{model} at {url}: {encoding} body of {len(body)} bytes ({shapes}); answer checked",
         err=True,
     )
     results = []
@@ -168,12 +193,16 @@ def bench_command(
 
         try:
             # The first answer of each level is checked before the measured window.
-            bench.check_answer(
-                *bench.one_request(target, infer_path, body, headers, timeout), metadata
-            )
-            result = bench.run_level(
-                target, infer_path, body, headers, level, duration, warmup, timeout, tick
-            )
+            if grpc_mode:
+                grpc_bench.check_answer(grpc_bench.one_request(addr, body, timeout), metadata)
+                result = grpc_bench.run_level(addr, body, level, duration, warmup, timeout, tick)
+            else:
+                bench.check_answer(
+                    *bench.one_request(target, infer_path, body, headers, timeout), metadata
+                )
+                result = bench.run_level(
+                    target, infer_path, body, headers, level, duration, warmup, timeout, tick
+                )
         except (RuntimeError, OSError) as exc:
             raise click.ClickException(f"concurrency {level}: {exc}") from None
         finally:
@@ -194,7 +223,7 @@ def bench_command(
         "url": url,
         "model": model,
         "model_version": model_version,
-        "protocol": "binary" if binary_data else "json",
+        "protocol": "grpc" if grpc_mode else ("binary" if binary_data else "json"),
         "body_bytes": len(body),
         "inputs": {n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in inputs.items()},
         "duration_s": duration,

@@ -140,3 +140,34 @@ def test_summarize_percentiles() -> None:
     assert result.latency_ms["p99"] == pytest.approx(99.01)
     assert result.latency_ms["max"] == 100.0
     assert "| 4 | 50.0 | 50.50 |" in bench.format_table([result])
+
+
+def test_grpc_protocol_sweeps_the_grpc_service(server, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    before = _grpc_requests(server)
+    result = run_bench(
+        "mlp", "--protocol", "grpc", "--url", server.grpc_url, "-c", "1,4", "-d", "0.6",
+        "--warmup", "0.2", "-b", "2", "--json-out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["settings"]["protocol"] == "grpc"
+    assert doc["settings"]["inputs"] == {"x": {"shape": [2, 16], "dtype": "float32"}}
+    levels = doc["results"]
+    assert [level["concurrency"] for level in levels] == [1, 4]
+    for level in levels:
+        assert level["requests"] > 0 and level["errors"] == 0
+    assert _grpc_requests(server) - before >= sum(level["requests"] for level in levels)
+
+
+def test_grpc_protocol_reports_a_failing_model(server) -> None:
+    result = run_bench("nope", "--protocol", "grpc", "--url", server.grpc_url, "-d", "0.2")
+    assert result.exit_code != 0
+    assert "NOT_FOUND" in result.output and "served models: mlp" in result.output
+
+
+def _grpc_requests(server) -> float:
+    for line in server.metrics().splitlines():
+        if line.startswith('tapeserve_requests_total{code="200",model="mlp",protocol="grpc"'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
