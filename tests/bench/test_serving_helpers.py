@@ -9,6 +9,7 @@ from argparse import Namespace
 import numpy as np
 import onnxruntime as ort
 import pytest
+import requests
 
 from benchmarks import serving
 from tests.support.system import require_tool
@@ -124,7 +125,7 @@ def test_floor_server_under_wrk_and_answer_check(tmp_path, name, app, threads, w
         scratch=tmp_path,
         health="/",
     ) as server:
-        assert serving.check_case(server.url, floor_case, np.zeros((1, 10))) == "fixed body"
+        assert serving.check_case(server, floor_case, np.zeros((1, 10))) == "fixed body"
         args = Namespace(warmup=1, duration=1)
         rows = serving.drive([(server, [floor_case])], {"cnn": None}, [2], args, tmp_path, print)
     (row,) = rows
@@ -194,3 +195,30 @@ def test_every_server_has_cases_and_rows_name_the_worker() -> None:
     floor_bin = [c for c in cases["floor"] + cases["floor asgi"] if "binary" in c.label]
     tape_bin = [c for c in cases["tapeserve"] + cases["tapeserve gthread"] if "binary" in c.label]
     assert {len(c.body) for c in floor_bin + tape_bin} == {len(floor_bin[0].body)}
+
+
+def test_grpc_rows_are_checked_and_driven_by_h2load(tmp_path) -> None:
+    """The gRPC case of a tapeserve server: its answer checked against onnxruntime, then h2load
+    posting the framed request; every call it counted was a gRPC success on the server."""
+    require_tool("h2load")
+    import onnx
+
+    model = tmp_path / "cnn.onnx"
+    onnx.save(serving.build_model("cnn"), model)
+    serving.write_repository(tmp_path / "repo", {"cnn": model}, 64)
+    x = serving.sample("cnn")
+    expected = ort.InferenceSession(str(model)).run(None, {"x": x})[0]
+    (case,) = [
+        c for c in serving.cases_for("cnn", x)["tapeserve"] if c.label.endswith("gRPC batch")
+    ]
+    with serving.tapeserve(tmp_path / "repo", workers=1, threads=4) as server:
+        assert serving.check_case(server, case, expected) == "matches onnxruntime"
+        args = Namespace(warmup=1, duration=1)
+        (row,) = serving.drive([(server, [case])], {"cnn": expected}, [2], args, tmp_path, print)
+        text = requests.get(server.url + "/metrics", timeout=10).text
+    assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] > 0
+    ok = [line for line in text.splitlines() if line.startswith("tapeserve_requests_total")
+          and 'protocol="grpc"' in line and 'code="200"' in line]  # fmt: skip
+    assert ok and float(ok[0].rsplit(" ", 1)[1]) >= row["requests"]
+    assert not [line for line in text.splitlines() if line.startswith("tapeserve_requests_total")
+                and 'protocol="grpc"' in line and 'code="200"' not in line]  # fmt: skip

@@ -65,7 +65,7 @@ def pod_run_flags() -> tuple[list[str], int]:
             flags.append(f"--tmpfs={mount['mountPath']}:rw,mode=1777")
         elif "persistentVolumeClaim" in volume:
             flags.append(f"--volume={MODELS}:{mount['mountPath']}:ro")
-    (port,) = container["ports"]
+    port = next(p for p in container["ports"] if p["name"] == "http")
     return flags, port["containerPort"]
 
 
