@@ -458,14 +458,14 @@ class Case:
     kind: str  # "floor" | "flask" | "v2" | "grpc"
 
 
-def check_case(server: Server, case: Case, expected: np.ndarray) -> str:
-    """Send the case's body once and compare the answer with onnxruntime: "ok" or raises."""
+def check_case(url: str, case: Case, expected: np.ndarray, grpc_url: str = "") -> str:
+    """Send the case's body once (to `grpc_url` for a gRPC case) and compare the answer with
+    onnxruntime: "ok" or raises."""
     if case.kind == "grpc":
-        got = grpc_outputs(grpc_bench.one_request(server.grpc_url, case.body[5:]))
+        got = grpc_outputs(grpc_bench.one_request(grpc_url, case.body[5:]))
         if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-5, atol=1e-6):
             raise RuntimeError(f"{case.label}: wrong answer {got.ravel()[:4]}")
         return "matches onnxruntime"
-    url = server.url
     response = requests.post(url + case.path, data=case.body, headers=case.headers, timeout=30)
     if response.status_code != 200:
         raise RuntimeError(f"{case.label}: HTTP {response.status_code} {response.text[:300]}")
@@ -501,7 +501,9 @@ def drive(
     for server, cases in servers:
         samplers.append(MemorySampler(server.pid))
         for case in cases:
-            checks[case.label, case.model] = check_case(server, case, refs[case.model])
+            checks[case.label, case.model] = check_case(
+                server.url, case, refs[case.model], server.grpc_url
+            )
             bodies[case.label, case.model] = scratch / f"body-{len(bodies)}.bin"
             bodies[case.label, case.model].write_bytes(case.body)
     for sampler in samplers:

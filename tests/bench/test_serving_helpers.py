@@ -125,7 +125,7 @@ def test_floor_server_under_wrk_and_answer_check(tmp_path, name, app, threads, w
         scratch=tmp_path,
         health="/",
     ) as server:
-        assert serving.check_case(server, floor_case, np.zeros((1, 10))) == "fixed body"
+        assert serving.check_case(server.url, floor_case, np.zeros((1, 10))) == "fixed body"
         args = Namespace(warmup=1, duration=1)
         rows = serving.drive([(server, [floor_case])], {"cnn": None}, [2], args, tmp_path, print)
     (row,) = rows
@@ -212,7 +212,8 @@ def test_grpc_rows_are_checked_and_driven_by_h2load(tmp_path) -> None:
         c for c in serving.cases_for("cnn", x)["tapeserve"] if c.label.endswith("gRPC batch")
     ]
     with serving.tapeserve(tmp_path / "repo", workers=1, threads=4) as server:
-        assert serving.check_case(server, case, expected) == "matches onnxruntime"
+        check = serving.check_case(server.url, case, expected, server.grpc_url)
+        assert check == "matches onnxruntime"
         args = Namespace(warmup=1, duration=1)
         (row,) = serving.drive([(server, [case])], {"cnn": expected}, [2], args, tmp_path, print)
         text = requests.get(server.url + "/metrics", timeout=10).text
