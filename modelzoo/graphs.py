@@ -84,6 +84,34 @@ def detections(size_name: str, batch: int, seed: int = 0) -> dict[str, np.ndarra
     return {"boxes": boxes, "scores": scores}
 
 
+# -- image pooling ---------------------------------------------------------------------------
+
+POOL_SIZES = {"full": 224, "small": 32}
+
+
+def image_pool(size_name: str) -> onnx.ModelProto:
+    """input [N, 3, H, W] FP32 -> GlobalAveragePool -> Flatten -> mean [N, 3]: a model whose
+    cost is the image-sized request body, not the compute."""
+    side = POOL_SIZES[size_name]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["mean"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "image_pool",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, side, side])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, ["N", 3])],
+    )
+    return _model(graph)
+
+
+def images(size_name: str, batch: int, seed: int = 0) -> np.ndarray:
+    side = POOL_SIZES[size_name]
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, 3, side, side), dtype=np.float32)
+
+
 # -- NonZero / GatherND ---------------------------------------------------------------------
 
 

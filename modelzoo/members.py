@@ -181,6 +181,17 @@ def _nonzero(directory: Path, size: str) -> ZooModel:
     )  # fmt: skip
 
 
+def _image_pool(directory: Path, size: str) -> ZooModel:
+    save(graphs.image_pool(size), directory, {"max_batch_size": 32})
+    return ZooModel(
+        "image_pool", "onnx.helper (GlobalAveragePool)", directory,
+        inputs=lambda batch=1, seed=0: {"input": graphs.images(size, batch, seed)},
+        reference=_onnx_reference(directory / "1" / "model.onnx"),
+        outputs=["mean"], max_error={"mean": 1e-5},
+        notes="image-sized input, trivial compute: the request body is the cost",
+    )  # fmt: skip
+
+
 def _large(directory: Path, size: str) -> ZooModel:
     version = directory / "1"
     model = graphs.large(size, version)
@@ -206,6 +217,7 @@ MEMBERS: dict[str, Builder] = {
     "xgboost": _xgboost,
     "detector": _detector,
     "nonzero": _nonzero,
+    "image_pool": _image_pool,
     "large": _large,
 }
 
