@@ -151,9 +151,15 @@ def torch_step(name: str) -> Callable[[], float]:
 # --- a worker process: one library, one model, timed blocks on request ------------------------
 
 
-def thread_env(threads: int) -> dict[str, str]:
+NO_SPIN = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def thread_env(threads: int, no_spin: bool = False) -> dict[str, str]:
+    """Pool sizes for a worker; with no_spin, idle OpenBLAS and OpenMP workers sleep at once
+    instead of busy-waiting (both libraries' defaults spin)."""
     n = str(threads)
-    return {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    env = {"OMP_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    return {**env, **NO_SPIN} if no_spin else env
 
 
 def worker(side: str, name: str, threads: int) -> None:
@@ -188,8 +194,9 @@ def worker(side: str, name: str, threads: int) -> None:
 
 
 class Worker:
-    def __init__(self, side: str, name: str, threads: int, pythonpath: str | None) -> None:
-        env = {**os.environ, **thread_env(threads)}
+    def __init__(self, side: str, name: str, threads: int, pythonpath: str | None,
+                 no_spin: bool = False) -> None:  # fmt: skip
+        env = {**os.environ, **thread_env(threads, no_spin)}
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
         self.side = side
@@ -236,9 +243,9 @@ def first_order(args: argparse.Namespace, base_dir: Path) -> None:
     for name in args.models:
         for threads in args.threads:
             sides = {
-                "engine": Worker("engine", name, threads, str(ROOT)),
-                "base": Worker("base", name, threads, str(base_dir)),
-                "torch": Worker("torch", name, threads, None),
+                "engine": Worker("engine", name, threads, str(ROOT), args.no_spin),
+                "base": Worker("base", name, threads, str(base_dir), args.no_spin),
+                "torch": Worker("torch", name, threads, None, args.no_spin),
             }
             losses = {k: w.hello["loss"] for k, w in sides.items()}
             if max(losses.values()) - min(losses.values()) > 1e-4 * max(1.0, losses["torch"]):
@@ -435,6 +442,9 @@ def main() -> None:
     parser.add_argument("--skip-first-order", action="store_true")
     parser.add_argument("--skip-higher", action="store_true")
     parser.add_argument("--verbose", action="store_true", help="libraries, pools, every block")
+    parser.add_argument(
+        "--no-spin", action="store_true", help="workers get " + ", ".join(
+            f"{k}={v}" for k, v in NO_SPIN.items()))  # fmt: skip
     parser.add_argument("--worker", choices=["engine", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -449,9 +459,10 @@ def main() -> None:
         for p in threadpool_info()
     )
     coretype = os.environ.get("OPENBLAS_CORETYPE", "unset")
+    spin = "idle pools sleep (--no-spin)" if args.no_spin else "library default pool waits"
     print(
         f"numpy {np.__version__} ({blas}), OPENBLAS_CORETYPE {coretype}; {os.cpu_count()} "
-        f"CPUs; float32, batch {BATCH}; base {args.base}; load 1/5 min at start {load()}"
+        f"CPUs; float32, batch {BATCH}; base {args.base}; {spin}; load 1/5 min at start {load()}"
     )
     print()
     if not args.skip_first_order:
