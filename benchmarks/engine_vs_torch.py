@@ -11,7 +11,9 @@ on the cores the other one is timing (when torch and numpy shared one process, O
 workers busy-waiting ~0.1 s after the engine's last GEMM ran into torch's block, and torch's
 OpenMP workers into the engine's: that, page-fault churn and other load on the shared cores
 are what made the old single-process ratios swing; see engine/README.md). Blocks of `--steps`
-steps rotate between the three for `--rounds` rounds; the table reports each side's median
+steps rotate between the three for `--rounds` rounds, `--pause` apart (an idle OpenBLAS pool
+spins ~0.1 s after its process's last GEMM: without the pause the engine's 2-thread MLP blocks
+that followed the baseline's ran at 13 ms instead of 6); the table reports each side's median
 block and the ratios of medians, and "engine/base CPU" the ratio of process CPU time per step,
 which other load disturbs less. The load average is printed beside every row: rows taken while
 it exceeds the core count were measured on a loaded machine.
@@ -260,6 +262,7 @@ def first_order(args: argparse.Namespace, base_dir: Path) -> None:
                 w.run(max(2, args.steps // 3))  # warm-up
             for r in range(args.rounds):
                 for k in order[r % 3 :] + order[: r % 3]:
+                    time.sleep(args.pause)  # the previous side's idle pool stops spinning
                     times[k].append(sides[k].run(args.steps))
             for w in sides.values():
                 w.close()
@@ -438,6 +441,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=9, help="blocks per side")
     parser.add_argument("--repeats", type=int, default=9, help="rounds per higher-order row")
+    parser.add_argument(
+        "--pause", type=float, default=0.3,
+        help="seconds between blocks: OpenBLAS workers spin ~0.1 s after a process's last "
+        "GEMM, and the next process's 2-thread block ran 2x slower without it")  # fmt: skip
     parser.add_argument("--base", default=DEFAULT_BASE, help="git revision of the baseline")
     parser.add_argument("--skip-first-order", action="store_true")
     parser.add_argument("--skip-higher", action="store_true")

@@ -6,7 +6,7 @@ threshold, so the next step faults every page in again: about 4,600 minor faults
 10% of a CNN step's CPU time at batch 128, varying with what else the machine is doing. Raising
 the trim threshold (and pinning the mmap threshold at glibc's 32 MiB maximum, so arrays below it
 come from the heap) keeps those pages: the CNN step then takes no faults at all. This is what a
-caching allocator does for torch on GPUs. It runs once, on the first backward pass, and leaves
+caching allocator does for torch on GPUs. It runs once, on the first reverse walk, and leaves
 the settings alone when MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES are set.
 """
 

@@ -143,11 +143,14 @@ def vjp(f: Callable[..., Tensor], *primals: Any) -> tuple[Tensor, Callable]:
         out = _out(f(*variables))
     wrt = [v for v in variables if v.dtype.kind == "f"]
     create_graph = _needs_graph(out, wrt, primals)
+    plan: list = []  # the walk's order, found on the first call and reused by the next ones
 
     def vjp_fn(cotangent: Any) -> tuple[Tensor | None, ...]:
         if out.requires_grad and wrt:
+            if not plan:
+                plan.append(_tensor.walk_plan([out], wrt))
             found = iter(_tensor.grad(out, wrt, cotangent, create_graph=create_graph,
-                                      allow_unused=True))  # fmt: skip
+                                      allow_unused=True, plan=plan[0]))  # fmt: skip
         else:
             found = iter([None] * len(wrt))
         grads = []

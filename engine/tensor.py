@@ -619,8 +619,6 @@ def backward(outputs: Sequence[Tensor], grads: Sequence[Any], create_graph: bool
              inputs: Sequence[Tensor] | None = None) -> None:  # fmt: skip
     """Reverse-mode sweep from `outputs` seeded with `grads`, accumulating into leaves' .grad
     (into `inputs`' .grad only, when given)."""
-    if not _memory._done:
-        _memory.keep_freed_memory()
     seeds = [_seed(t, g) for t, g in zip(outputs, grads, strict=True)]
     found = _walk(outputs, seeds, inputs, create_graph, accumulate=inputs is None)
     for t, g in zip(inputs or (), found, strict=False):
@@ -629,13 +627,14 @@ def backward(outputs: Sequence[Tensor], grads: Sequence[Any], create_graph: bool
 
 
 def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
-         grad_outputs: Any = None, create_graph: bool = False,
-         allow_unused: bool = False) -> tuple[Tensor | None, ...]:  # fmt: skip
+         grad_outputs: Any = None, create_graph: bool = False, allow_unused: bool = False,
+         plan: tuple | None = None) -> tuple[Tensor | None, ...]:  # fmt: skip
     """d outputs / d inputs as Tensors, leaving every .grad alone (torch.autograd.grad).
 
     `grad_outputs` seeds each output (ones for scalars when omitted). With `create_graph=True`
     the result is recorded, so it can be differentiated again. An input the outputs do not
-    depend on gets None with `allow_unused=True` and raises otherwise.
+    depend on gets None with `allow_unused=True` and raises otherwise. `plan` (walk_plan of the
+    same outputs and inputs) skips searching the graph again when the walk repeats.
     """
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
     inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
@@ -648,7 +647,7 @@ def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
             raise RuntimeError(f"input {i} of grad() does not require grad")
     live = [(t, g) for t, g in zip(outputs, grad_outputs, strict=True) if t.requires_grad]
     seeds = [_seed(t, g) for t, g in live]
-    found = _walk([t for t, _ in live], seeds, inputs, create_graph, accumulate=False)
+    found = _walk([t for t, _ in live], seeds, inputs, create_graph, accumulate=False, plan=plan)
     for i, g in enumerate(found):
         if g is None and not allow_unused:
             raise RuntimeError(
@@ -673,25 +672,34 @@ def _accumulate(t: Tensor, g: Tensor, create_graph: bool) -> None:
         t.grad += g.data
 
 
+def walk_plan(outputs: Sequence[Tensor], inputs: Sequence[Tensor] | None) -> tuple:
+    """What a walk from `outputs` visits, in order, and (with `inputs`) the tensors on a path
+    to them: computed once and reused by walks that repeat (a Jacobian's rows)."""
+    floor = min((t._seq for t in inputs), default=0) if inputs is not None else 0
+    order = _topological(outputs, floor)
+    if inputs is None:
+        return order, None
+    targets = {id(t) for t in inputs}
+    leads: set[int] = set()
+    for t in order:  # post-order: a tensor's inputs come before it
+        node = t._node
+        if id(t) in targets or (node is not None and any(id(i) in leads for i in node.inputs)):
+            leads.add(id(t))
+    return [t for t in order if id(t) in leads], leads
+
+
 def _walk(outputs: Sequence[Tensor], seeds: Sequence[Tensor], inputs: Sequence[Tensor] | None,
-          create_graph: bool, accumulate: bool) -> list[Tensor | None]:  # fmt: skip
+          create_graph: bool, accumulate: bool, plan: tuple | None = None
+          ) -> list[Tensor | None]:  # fmt: skip
     """The reverse walk. Cotangents are Tensors and each node's rule runs in engine ops, under
     grad mode when `create_graph` (so the walk is recorded) and with any live tangents flowing
     through it (forward-over-reverse). Leaves (and retain_grad tensors) accumulate into .grad
     when `accumulate`; the cotangents reaching `inputs` are returned, and the walk is pruned
-    to the part of the graph between the outputs and those inputs."""
-    floor = min((t._seq for t in inputs), default=0) if inputs is not None else 0
-    order = _topological(outputs, floor)
-    targets: dict[int, int] = {}
-    if inputs is not None:
-        targets = {id(t): k for k, t in enumerate(inputs)}
-        leads: set[int] = set()
-        for t in order:  # post-order: a tensor's inputs come before it
-            if id(t) in targets or (
-                t._node is not None and any(id(i) in leads for i in t._node.inputs)
-            ):
-                leads.add(id(t))
-        order = [t for t in order if id(t) in leads]
+    to the part of the graph between the outputs and those inputs (`plan`, from walk_plan)."""
+    if not _memory._done:
+        _memory.keep_freed_memory()
+    order, leads = plan if plan is not None else walk_plan(outputs, inputs)
+    targets = {id(t): k for k, t in enumerate(inputs)} if inputs is not None else {}
     found: list[Tensor | None] = [None] * len(inputs or ())
     pending: dict[int, Tensor] = {}
     with _grad_mode(create_graph):
