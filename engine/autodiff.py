@@ -263,7 +263,7 @@ def hessian(f: Callable[[Tensor], Tensor], mode: str = "auto") -> Callable[[Any]
       once per element of the derivative (out.size * x.size walks).
     - "auto" picks by shape. A scalar f (out.size == 1) gets reverse-over-reverse: its one
       gradient graph is recorded once and each of the n rows is one walk back, where forward
-      mode re-runs f for each of the n columns (2.2x slower for the 1,033-parameter MLP in
+      mode re-runs f for each of the n columns (about 2x slower for the 1,033-parameter MLP in
       benchmarks/engine_vs_torch.py). A vector f gets forward-over-reverse: a walk back from one
       element of the stacked Jacobian also walks every other output's graph (with zero
       cotangents), so reverse-over-reverse costs out.size times more walks (5x slower for
