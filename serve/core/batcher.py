@@ -30,10 +30,11 @@ from serve.observability import metrics
 log = logging.getLogger("tapeserve.batcher")
 
 Runner = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
-#: A runner that takes the batch's requests one by one (feeds of each, and the latest deadline of
-#: the batch) and answers each with its outputs or the exception that failed it alone: Python
-#: models, whose `execute` gets a list of requests as Triton's Python backend gives it.
-RequestsRunner = Callable[[list[dict[str, np.ndarray]], float | None], list]
+#: A runner that takes the batch's requests one by one (feeds of each, the latest deadline of the
+#: batch, the parameters of each) and answers each with its outputs or the exception that failed
+#: it alone: Python models, whose `execute` gets a list of requests as Triton's Python backend
+#: gives it.
+RequestsRunner = Callable[[list[dict[str, np.ndarray]], float | None, list[dict | None]], list]
 
 
 class QueueFull(Exception):
@@ -58,7 +59,7 @@ class _Pending:
     """
 
     __slots__ = ("feeds", "rows", "key", "deadline", "waited", "enqueued", "state", "lead",
-                 "on_done", "_signal", "_done", "_value", "_error")  # fmt: skip
+                 "on_done", "parameters", "_signal", "_done", "_value", "_error")  # fmt: skip
 
     def __init__(
         self,
@@ -68,8 +69,10 @@ class _Pending:
         deadline: float | None,
         waited: bool,
         on_done: Callable[[], object] | None = None,
+        parameters: dict | None = None,
     ) -> None:
         self.feeds, self.rows, self.key, self.deadline = feeds, rows, key, deadline
+        self.parameters = parameters  # read by RequestsRunners only (Python models)
         self.waited = waited  # a thread blocks in Batcher.infer for it: it can run its batch
         self.on_done = on_done  # called (in the runner's thread) once the answer is set
         self.lead: tuple[Runner, list[_Pending]] | None = None
@@ -207,10 +210,16 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def infer(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> list:
+    def infer(
+        self,
+        feeds: dict[str, np.ndarray],
+        deadline: float | None = None,
+        parameters: dict | None = None,
+    ) -> list:
         """Run one request (alone when idle, else in a batch) and return its outputs.
 
-        Every model output, in signature order. `deadline` is a time.monotonic() value; raises
+        Every model output, in signature order. `deadline` is a time.monotonic() value;
+        `parameters` reach RequestsRunners (tensor runners have no use for them). Raises
         QueueFull (no room), DeadlineExceeded (still queued at the deadline) or what the runner
         raised for this request.
         """
@@ -220,9 +229,11 @@ class Batcher:
             if self._direct and not self._queue and self._free and not self._closed:
                 runner = self._free.pop()
             else:
-                pending = self._enqueue(_Pending(feeds, rows, self._key(feeds), deadline, True))
+                pending = self._enqueue(
+                    _Pending(feeds, rows, self._key(feeds), deadline, True, None, parameters)
+                )
         if pending is None:
-            return self._run_direct(runner, feeds, rows, deadline)
+            return self._run_direct(runner, feeds, rows, deadline, parameters)
         if deadline is None:
             self._await(pending, None)
         elif not self._await(pending, deadline - time.monotonic()):
@@ -257,13 +268,18 @@ class Batcher:
         return () if self.per_request else _batch_key(feeds)
 
     def _run_direct(
-        self, runner: Runner, feeds: dict[str, np.ndarray], rows: int, deadline: float | None
+        self,
+        runner: Runner,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None,
+        parameters: dict | None,
     ) -> list:
         self._queue_duration.observe(0.0)
         started = time.perf_counter()
         try:
             if self.per_request:
-                (result,) = runner([feeds], deadline)  # type: ignore[arg-type,call-arg]
+                (result,) = runner([feeds], deadline, [parameters])  # type: ignore[arg-type,call-arg]
                 if isinstance(result, BaseException):
                     raise result
                 return result
@@ -294,6 +310,7 @@ class Batcher:
         feeds: dict[str, np.ndarray],
         deadline: float | None = None,
         on_done: Callable[[], object] | None = None,
+        parameters: dict | None = None,
     ) -> _Pending:
         """Queue one request; `.result(timeout)` of the returned handle gives its outputs.
 
@@ -301,12 +318,15 @@ class Batcher:
         a time.monotonic() value. Raises QueueFull when the queue is at its bound.
         """
         rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
-        pending = _Pending(feeds, rows, self._key(feeds), deadline, False, on_done)
+        pending = _Pending(feeds, rows, self._key(feeds), deadline, False, on_done, parameters)
         with self._cond:
             return self._enqueue(pending)
 
     async def infer_async(
-        self, feeds: dict[str, np.ndarray], deadline: float | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        deadline: float | None = None,
+        parameters: dict | None = None,
     ) -> list:
         """`infer` for an asyncio caller: queue the request, await its batch, return its outputs.
 
@@ -316,7 +336,8 @@ class Batcher:
         """
         loop = asyncio.get_running_loop()
         woken = loop.create_future()
-        pending = self.submit(feeds, deadline, functools.partial(_waker(loop).post, woken))
+        wake = functools.partial(_waker(loop).post, woken)
+        pending = self.submit(feeds, deadline, wake, parameters)
         timer = None
         if deadline is not None:
             timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._expire, pending)
@@ -497,7 +518,7 @@ class Batcher:
         deadline = None if None in deadlines else max(deadlines)  # type: ignore[type-var]
         started = time.perf_counter()
         try:
-            results = runner([p.feeds for p in batch], deadline)
+            results = runner([p.feeds for p in batch], deadline, [p.parameters for p in batch])
         finally:
             self._record(sum(p.rows for p in batch), time.perf_counter() - started)
         for p, result in zip(batch, results, strict=True):

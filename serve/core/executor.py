@@ -13,14 +13,26 @@ import numpy as np
 
 
 class Executor(Protocol):
-    """Runs requests: feeds by input name in, every output in signature order out."""
+    """Runs requests: feeds by input name in, every output in signature order out.
 
-    def infer(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> list:
+    `parameters` are the request's own parameters (serve.core.inference.model_parameters), for
+    the models that read them (a Python model's `request.parameters()`, an ensemble's steps);
+    None when it has none."""
+
+    def infer(
+        self,
+        feeds: dict[str, np.ndarray],
+        deadline: float | None = None,
+        parameters: dict | None = None,
+    ) -> list:
         """Run one request from a thread; `deadline` is a time.monotonic() value."""
         ...
 
     async def infer_async(
-        self, feeds: dict[str, np.ndarray], deadline: float | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        deadline: float | None = None,
+        parameters: dict | None = None,
     ) -> list:
         """Run one request from an event loop without blocking it."""
         ...

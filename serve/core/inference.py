@@ -40,6 +40,22 @@ log = logging.getLogger("tapeserve.core")
 #: Metrics label of requests made in-process (ensemble steps, BLS).
 IN_PROCESS = "inprocess"
 
+#: Request parameters the server acts on itself (Triton's reserved names): a model's
+#: `request.parameters()` never shows them, and an ensemble does not forward them to its steps
+#: (the deadline travels on its own).
+RESERVED_PARAMETERS = frozenset(
+    {"timeout", "binary_data_output", "priority", "sequence_id", "sequence_start", "sequence_end",
+     "headers"}
+)  # fmt: skip
+
+
+def model_parameters(parameters: dict) -> dict | None:
+    """The request's own parameters, as its model gets them (None when there are none)."""
+    if not parameters:
+        return None
+    own = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
+    return own or None
+
 
 @dataclass(slots=True)
 class Request:
@@ -281,7 +297,11 @@ class InferenceCore:
             call.hold(name, version)
             payload = read()
             call.decode(payload, deadline)
-            call.encode(call.mv.batcher.infer(call.request.feeds, call.deadline), payload)  # type: ignore[union-attr]
+            request = call.request
+            results = call.mv.batcher.infer(  # type: ignore[union-attr]
+                request.feeds, call.deadline, model_parameters(request.parameters)
+            )
+            call.encode(results, payload)
         except Exception as exc:
             call.fail(exc)
         finally:
@@ -307,7 +327,10 @@ class InferenceCore:
             call.hold(name, version)
             payload = await read()
             call.decode(payload, deadline)
-            results = await call.mv.batcher.infer_async(call.request.feeds, call.deadline)  # type: ignore[union-attr]
+            request = call.request
+            results = await call.mv.batcher.infer_async(  # type: ignore[union-attr]
+                request.feeds, call.deadline, model_parameters(request.parameters)
+            )
             call.encode(results, payload)
         except Exception as exc:
             call.fail(exc)

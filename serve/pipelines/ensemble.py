@@ -263,53 +263,68 @@ class Ensemble:
         for output, tensor in step.output_map.items():
             tensors[tensor] = outputs[output]
 
-    async def _run_step_async(self, step: Step, tensors: dict, deadline: float | None) -> None:
+    async def _run_step_async(
+        self, step: Step, tensors: dict, deadline: float | None, parameters: dict | None
+    ) -> None:
         started = time.perf_counter()
         feeds = {name: tensors[tensor] for name, tensor in step.input_map.items()}
         try:
             outputs = await self.core.infer_async(
                 step.model, feeds, version=self._version(step), outputs=list(step.output_map),
-                deadline=deadline,
+                parameters=parameters, deadline=deadline,
             )  # fmt: skip
         except Exception as exc:
             raise self._failed(step, exc, started) from None
         self._done(step, outputs, tensors, started)
 
-    def _run_step(self, step: Step, tensors: dict, deadline: float | None) -> None:
+    def _run_step(
+        self, step: Step, tensors: dict, deadline: float | None, parameters: dict | None
+    ) -> None:
         started = time.perf_counter()
         feeds = {name: tensors[tensor] for name, tensor in step.input_map.items()}
         try:
             outputs = self.core.infer(
                 step.model, feeds, version=self._version(step), outputs=list(step.output_map),
-                deadline=deadline,
+                parameters=parameters, deadline=deadline,
             )  # fmt: skip
         except Exception as exc:
             raise self._failed(step, exc, started) from None
         self._done(step, outputs, tensors, started)
 
     async def infer_async(
-        self, feeds: dict[str, np.ndarray], deadline: float | None = None
+        self,
+        feeds: dict[str, np.ndarray],
+        deadline: float | None = None,
+        parameters: dict | None = None,
     ) -> list:
-        """Run the steps (those of one wave concurrently); the ensemble outputs in order."""
+        """Run the steps (those of one wave concurrently); the ensemble outputs in order.
+
+        Every step gets the request's parameters, as Triton forwards them to composing models."""
         tensors = dict(feeds)
         for wave in self.waves:
             if len(wave) == 1:
-                await self._run_step_async(wave[0], tensors, deadline)
+                await self._run_step_async(wave[0], tensors, deadline, parameters)
                 continue
             results = await asyncio.gather(
-                *(self._run_step_async(s, tensors, deadline) for s in wave), return_exceptions=True
+                *(self._run_step_async(s, tensors, deadline, parameters) for s in wave),
+                return_exceptions=True,
             )
             for result in results:
                 if isinstance(result, BaseException):
                     raise result  # the first failing step (in step order) answers
         return [tensors[o.name] for o in self.outputs]
 
-    def infer(self, feeds: dict[str, np.ndarray], deadline: float | None = None) -> list:
+    def infer(
+        self,
+        feeds: dict[str, np.ndarray],
+        deadline: float | None = None,
+        parameters: dict | None = None,
+    ) -> list:
         """`infer_async` for a request thread (the steps run one after the other)."""
         tensors = dict(feeds)
         for wave in self.waves:
             for step in wave:
-                self._run_step(step, tensors, deadline)
+                self._run_step(step, tensors, deadline, parameters)
         return [tensors[o.name] for o in self.outputs]
 
     def close(self) -> None:

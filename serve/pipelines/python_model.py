@@ -198,8 +198,14 @@ class PythonModelInstance:
 
     # -- requests ------------------------------------------------------------------------
 
-    def run(self, batch: list[dict[str, np.ndarray]], deadline: float | None) -> list:
-        """Execute a batch of requests; each gets its outputs (in signature order) or an error."""
+    def run(
+        self,
+        batch: list[dict[str, np.ndarray]],
+        deadline: float | None,
+        parameters: list[dict | None] | None = None,
+    ) -> list:
+        """Execute a batch of requests (with each one's parameters, for `request.parameters()`);
+        each gets its outputs (in signature order) or an error."""
         with self._lock:
             if self._process is not None and self._process.poll() is not None:
                 self._fail("the process ended while idle")  # killed from outside, say
@@ -209,9 +215,11 @@ class PythonModelInstance:
             except PythonModelError as exc:
                 error = InferenceError(f"model {self.spec.name!r} cannot restart: {exc}", 503)
                 return [error] * len(batch)
-            return self._execute(batch, deadline)
+            return self._execute(batch, deadline, parameters or [None] * len(batch))
 
-    def _execute(self, batch: list[dict[str, np.ndarray]], deadline: float | None) -> list:
+    def _execute(
+        self, batch: list[dict[str, np.ndarray]], deadline: float | None, parameters: list
+    ) -> list:
         name = self.spec.name
         sock = self._sock
         assert sock is not None
@@ -219,7 +227,11 @@ class PythonModelInstance:
             deadline = time.monotonic() + DEFAULT_EXECUTE_TIMEOUT_S
         requested = [s.name for s in self.outputs]
         try:
-            wire.send(sock, ("execute", [(feeds, requested, "", {}) for feeds in batch]))
+            requests = [
+                (feeds, requested, "", params or {})
+                for feeds, params in zip(batch, parameters, strict=True)
+            ]
+            wire.send(sock, ("execute", requests))
             while True:
                 sock.settimeout(max(0.001, deadline - time.monotonic()))
                 reply = wire.recv(sock)

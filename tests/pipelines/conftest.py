@@ -32,6 +32,43 @@ class TritonPythonModel:
 """
 
 
+PARAMETER_ECHO = """
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            echo = json.dumps(json.loads(request.parameters()), sort_keys=True)
+            tensor = pb_utils.Tensor("P", np.array([echo.encode()], dtype=object))
+            responses.append(pb_utils.InferenceResponse([tensor]))
+        return responses
+"""
+
+
+def parameter_echo(root: Path) -> None:
+    """`param_echo`: a Python model answering its request's parameters as JSON, and
+    `ens_param`, an ensemble whose one step is that model."""
+    (root / "param_echo" / "1").mkdir(parents=True)
+    (root / "param_echo" / "1" / "model.py").write_text(PARAMETER_ECHO)
+    x = [{"name": "X", "data_type": "TYPE_FP32", "dims": [4]}]
+    p = [{"name": "P", "data_type": "TYPE_STRING", "dims": [1]}]
+    config = {"backend": "python", "max_batch_size": 0, "input": x, "output": p}
+    (root / "param_echo" / "config.json").write_text(json.dumps(config))
+    ensemble = {
+        "platform": "ensemble", "input": x, "output": p,
+        "ensemble_scheduling": {"step": [
+            {"model_name": "param_echo", "input_map": {"X": "X"}, "output_map": {"P": "P"}},
+        ]},
+    }  # fmt: skip
+    (root / "ens_param" / "1").mkdir(parents=True)
+    (root / "ens_param" / "config.json").write_text(json.dumps(ensemble))
+
+
 def onnx_ensemble(root: Path) -> None:
     """`onnx_pair`: addmul (ONNX) then mlp (ONNX), the shape of the benchmark's ensemble."""
     builders.write_model(root, "am", builders.add_mul(width=16), config={"max_batch_size": 64})
@@ -78,6 +115,7 @@ def build_repository(root: Path) -> Path:
     (root / "ens_parallel" / "1").mkdir(parents=True)
     (root / "ens_parallel" / "config.json").write_text(json.dumps(parallel))
     onnx_ensemble(root)
+    parameter_echo(root)
     return root
 
 

@@ -192,6 +192,10 @@ def test_gthread_workers_run_ensembles_in_request_threads(tapeserve_server, tmp_
     inputs = [probes.fp32("INPUT0", [probes.A]), probes.fp32("INPUT1", [probes.B]), name]
     bls = probes.infer(server.url, "bls", inputs)
     assert bls == TRITON["bls add_sub"]
+    doc = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [4], "data": probes.A}],
+           "parameters": PARAMETERS}  # fmt: skip
+    echoed = server.post("/v2/models/ens_param/infer", json=doc)
+    assert json.loads(echoed.json()["outputs"][0]["data"][0]) == PARAMETERS, echoed.text
 
 
 def test_independent_steps_run_together_and_a_failing_one_answers(pipelines_server) -> None:
@@ -209,3 +213,43 @@ def test_independent_steps_run_together_and_a_failing_one_answers(pipelines_serv
     assert failed["body"]["error"] == (
         "in ensemble 'ens_parallel', step 1:raiser failed: X[0] == 2 is refused"
     )
+
+
+PARAMETERS = {"flag": True, "greeting": "hi", "n": 3}
+
+
+def _echoed(answer: np.ndarray) -> dict:
+    return json.loads(answer.reshape(-1)[0])
+
+
+def test_request_parameters_reach_the_steps_over_every_protocol(pipelines_server) -> None:
+    """As Triton does, an ensemble forwards its request's parameters to every step (here a
+    Python model answering `request.parameters()`); the protocol's own (`timeout`,
+    `binary_data_output`) are not the model's."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    x = np.array(probes.A, dtype=np.float32)
+    for model in ("ens_param", "param_echo"):
+        doc = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [4], "data": probes.A}],
+               "parameters": {**PARAMETERS, "timeout": 10_000_000}}  # fmt: skip
+        r = pipelines_server.post(f"/v2/models/{model}/infer", json=doc)
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["outputs"][0]["data"][0]) == PARAMETERS, model
+
+        with httpclient.InferenceServerClient(pipelines_server.url[len("http://") :]) as http:
+            inp = httpclient.InferInput("X", [4], "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            out = httpclient.InferRequestedOutput("P", binary_data=True)
+            got = http.infer(model, [inp], outputs=[out], parameters=PARAMETERS)
+            assert _echoed(got.as_numpy("P")) == PARAMETERS, model
+
+        with grpcclient.InferenceServerClient(pipelines_server.grpc_url) as grpc:
+            inp = grpcclient.InferInput("X", [4], "FP32")
+            inp.set_data_from_numpy(x)
+            got = grpc.infer(model, [inp], parameters=PARAMETERS)
+            assert _echoed(got.as_numpy("P")) == PARAMETERS, model
+
+    plain = probes.infer(pipelines_server.url, "ens_param", [
+        {"name": "X", "datatype": "FP32", "shape": [4], "data": probes.A}])  # fmt: skip
+    assert json.loads(plain["body"]["outputs"][0]["data"][0]) == {}

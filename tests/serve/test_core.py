@@ -150,12 +150,12 @@ class _Echo:
     def __init__(self) -> None:
         self.calls = 0
 
-    def infer(self, feeds, deadline=None):
+    def infer(self, feeds, deadline=None, parameters=None):
         self.calls += 1
         return [next(iter(feeds.values())) * 2]
 
-    async def infer_async(self, feeds, deadline=None):
-        return self.infer(feeds, deadline)
+    async def infer_async(self, feeds, deadline=None, parameters=None):
+        return self.infer(feeds, deadline, parameters)
 
     def close(self) -> None:
         pass
