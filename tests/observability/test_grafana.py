@@ -7,6 +7,7 @@ test_prometheus_stack.py; this checks the Grafana side of the files.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -14,6 +15,7 @@ import yaml
 from tests.observability.prometheus import DASHBOARD, dashboard_panels
 
 GRAFANA = DASHBOARD.parents[1]
+ALERTS = DASHBOARD.parents[2] / "prometheus" / "alerts.yml"
 
 
 def _dashboard() -> dict:
@@ -77,6 +79,25 @@ def test_dashboard_covers_every_required_view() -> None:
     panel_with("tapeserve_model_load_duration_seconds_sum")
     panel_with("tapeserve_gpu_utilization_ratio")
     panel_with("tapeserve_gpu_memory_used_bytes", "tapeserve_gpu_memory_total_bytes")
+
+
+def test_the_error_panels_count_what_the_error_alert_counts() -> None:
+    """A failing ensemble step or BLS call (protocol="inprocess") fails its outer request too:
+    the 5xx alert and the error panels count the requests clients sent, each error once."""
+    rules = yaml.safe_load(ALERTS.read_text())
+    alerts = {r.get("alert"): r for g in rules["groups"] for r in g["rules"]}
+    alert = alerts["TapeserveHighErrorRatio"]
+    selector = re.compile(r"tapeserve_requests_total\{([^}]*)\}")
+    counted = selector.findall(alert["expr"])
+    assert counted and all('protocol!="inprocess"' in s for s in counted), alert["expr"]
+    error_panels = 0
+    for panel in dashboard_panels():
+        expr = " ".join(t["expr"] for t in panel["targets"])
+        if 'code=~"5..' in expr or 'code=~"[45]..' in expr:
+            error_panels += 1
+            for found in selector.findall(expr):
+                assert 'protocol!="inprocess"' in found, (panel["title"], found)
+    assert error_panels == 2
 
 
 def test_provisioning_files() -> None:
