@@ -9,6 +9,11 @@ the instance, to the request thread waiting at the head of the queue, which runs
 the others (leader/follower: one wake-up per request, no runner thread in between). Runner
 threads serve `submit()` callers nobody waits on and, with `max_queue_delay_ms`, where every
 request queues, wait at most that long for a batch to fill. Outputs are split back as views.
+
+With a padding plan (`pad_variable_length_inputs`, serve.core.padding), requests whose inputs
+differ only in their variable dimensions share batches too: padded to the batch's longest, run
+once, each answer cut back to its own length; which requests join a batch follows a cost model
+fitted on the runs, so padding is added only where it costs less than a run of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import collections
 import functools
 import logging
+import math
 import threading
 import time
 import weakref
@@ -25,6 +31,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 
 import numpy as np
 
+from serve.core.padding import PaddingPlan, RunCost, size
 from serve.observability import metrics
 
 log = logging.getLogger("tapeserve.batcher")
@@ -58,8 +65,9 @@ class _Pending:
     the request cannot both win.
     """
 
-    __slots__ = ("feeds", "rows", "key", "deadline", "waited", "enqueued", "state", "lead",
-                 "on_done", "parameters", "_signal", "_done", "_value", "_error")  # fmt: skip
+    __slots__ = ("feeds", "rows", "key", "lengths", "deadline", "waited", "enqueued", "state",
+                 "lead", "on_done", "parameters", "_signal", "_done", "_value",
+                 "_error")  # fmt: skip
 
     def __init__(
         self,
@@ -70,9 +78,12 @@ class _Pending:
         waited: bool,
         on_done: Callable[[], object] | None = None,
         parameters: dict | None = None,
+        lengths: tuple[int, ...] | None = None,
     ) -> None:
         self.feeds, self.rows, self.key, self.deadline = feeds, rows, key, deadline
         self.parameters = parameters  # read by RequestsRunners only (Python models)
+        #: The request's length along each padded axis (None: not paddable, or no plan).
+        self.lengths = lengths
         self.waited = waited  # a thread blocks in Batcher.infer for it: it can run its batch
         self.on_done = on_done  # called (in the runner's thread) once the answer is set
         self.lead: tuple[Runner, list[_Pending]] | None = None
@@ -179,6 +190,7 @@ class Batcher:
         max_queue_size: int = 1024,
         batching: bool = True,
         per_request: bool = False,
+        padding: PaddingPlan | None = None,
     ) -> None:
         self.model = model
         self.version = version
@@ -188,6 +200,9 @@ class Batcher:
         self.batching = batching and max_batch_size > 0
         #: The runners are RequestsRunners: requests are not concatenated, so any batch together.
         self.per_request = per_request
+        #: Pad variable-length inputs to batch them (serve.core.padding); None: equal shapes only.
+        self.padding = padding if self.batching and not per_request else None
+        self._cost = RunCost() if self.padding is not None else None
         self._queue: collections.deque[_Pending] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -229,9 +244,8 @@ class Batcher:
             if self._direct and not self._queue and self._free and not self._closed:
                 runner = self._free.pop()
             else:
-                pending = self._enqueue(
-                    _Pending(feeds, rows, self._key(feeds), deadline, True, None, parameters)
-                )
+                pending = self._pending(feeds, rows, deadline, True, None, parameters)
+                self._enqueue(pending)
         if pending is None:
             return self._run_direct(runner, feeds, rows, deadline, parameters)
         if deadline is None:
@@ -264,8 +278,24 @@ class Batcher:
             self._run_batch(runner, batch)
         return True
 
-    def _key(self, feeds: dict[str, np.ndarray]) -> tuple:
-        return () if self.per_request else _batch_key(feeds)
+    def _pending(
+        self,
+        feeds: dict[str, np.ndarray],
+        rows: int,
+        deadline: float | None,
+        waited: bool,
+        on_done: Callable[[], object] | None = None,
+        parameters: dict | None = None,
+    ) -> _Pending:
+        """A queued request with the key of the requests it may share a batch with."""
+        if self.per_request:
+            return _Pending(feeds, rows, (), deadline, waited, on_done, parameters)
+        if self.padding is not None:
+            lengths = self.padding.lengths(feeds)
+            if lengths is not None:
+                key = self.padding.key(feeds, lengths)
+                return _Pending(feeds, rows, key, deadline, waited, on_done, parameters, lengths)
+        return _Pending(feeds, rows, _batch_key(feeds), deadline, waited, on_done, parameters)
 
     def _run_direct(
         self,
@@ -285,7 +315,11 @@ class Batcher:
                 return result
             return list(runner(feeds))
         finally:
-            self._record(rows, time.perf_counter() - started)
+            elements = None
+            if self.padding is not None:
+                lengths = self.padding.lengths(feeds)
+                elements = size(rows, lengths) if lengths is not None else None
+            self._record(rows, time.perf_counter() - started, elements)
             self._release(runner)
 
     def _release(self, runner: Runner) -> None:
@@ -318,7 +352,7 @@ class Batcher:
         a time.monotonic() value. Raises QueueFull when the queue is at its bound.
         """
         rows = next(iter(feeds.values())).shape[0] if self.batching and feeds else 1
-        pending = _Pending(feeds, rows, self._key(feeds), deadline, False, on_done, parameters)
+        pending = self._pending(feeds, rows, deadline, False, on_done, parameters)
         with self._cond:
             return self._enqueue(pending)
 
@@ -405,6 +439,8 @@ class Batcher:
         head = self._queue.popleft()
         head.state = _RUNNING
         batch = [head]
+        if head.lengths is not None and self._queue:
+            return self._take_padded(head)
         if self.batching and self._queue:
             rows, keep = head.rows, collections.deque()
             for p in self._queue:
@@ -415,6 +451,38 @@ class Batcher:
                 else:
                     keep.append(p)
             self._queue = keep
+        self._queue_depth.set(len(self._queue))
+        return batch
+
+    def _take_padded(self, head: _Pending) -> list[_Pending]:
+        """The head plus the queued requests worth padding into its batch, nearest lengths
+        first: a request joins when the padding it adds (elements beyond its own) costs no
+        more than the fixed cost of a run of its own (serve.core.padding.RunCost); until that
+        cost is known, only requests of the head's lengths join. With length buckets (all in the
+        queue that share the head's key are in its buckets) every one joins."""
+        if self.padding.buckets:  # type: ignore[union-attr]
+            worth: float | None = math.inf
+        else:
+            worth = self._cost.overhead_elements() if self._cost is not None else None
+        per_row = size(1, head.lengths)  # type: ignore[arg-type]
+        candidates = sorted(
+            (p for p in self._queue if p.key == head.key),
+            key=lambda p: abs(size(1, p.lengths) - per_row),  # type: ignore[arg-type]
+        )
+        batch, rows, longest = [head], head.rows, head.lengths
+        for p in candidates:
+            if rows + p.rows > self.max_batch_size:
+                continue
+            joined = tuple(map(max, longest, p.lengths))  # type: ignore[arg-type]
+            waste = size(rows + p.rows, joined) - size(rows, longest) - size(p.rows, p.lengths)  # type: ignore[arg-type]
+            if waste <= 0 or (worth is not None and waste <= worth):
+                p.state = _RUNNING
+                batch.append(p)
+                rows, longest = rows + p.rows, joined
+                if rows >= self.max_batch_size:
+                    break
+        if len(batch) > 1:
+            self._queue = collections.deque(p for p in self._queue if p.state == _QUEUED)
         self._queue_depth.set(len(self._queue))
         return batch
 
@@ -481,36 +549,49 @@ class Batcher:
         if self.per_request:
             self._execute_requests(runner, batch)  # type: ignore[arg-type]
             return
+        plan, longest = self.padding, None
         if len(batch) == 1:
             feeds = batch[0].feeds
+            if plan is not None and batch[0].lengths is not None:
+                longest = batch[0].lengths
+        elif plan is not None and batch[0].lengths is not None:
+            lengths = [p.lengths for p in batch]
+            longest = tuple(map(max, *lengths)) if len(lengths) > 1 else lengths[0]
+            feeds = plan.pad([p.feeds for p in batch], lengths, longest)  # type: ignore[arg-type]
         else:
             feeds = {
                 name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds
             }
         rows = sum(p.rows for p in batch)
+        elements = size(rows, longest) if longest is not None else None
         started = time.perf_counter()
         try:
             outputs = runner(feeds)
         except Exception as exc:
-            self._record(rows, time.perf_counter() - started)
+            self._record(rows, time.perf_counter() - started, elements)
             if len(batch) == 1:
                 batch[0].set_exception(exc)
             else:  # isolate the faulty request: the others must still get their answers
                 for p in batch:
                     self._execute(runner, [p])
             return
-        self._record(rows, time.perf_counter() - started)
+        self._record(rows, time.perf_counter() - started, elements)
         if len(batch) == 1:
             batch[0].set_result(outputs)
             return
-        if any(out.ndim == 0 or out.shape[0] != rows for out in outputs):
-            for p in batch:  # outputs not aligned with the batch rows: run each on its own
+        if any(out.ndim == 0 or out.shape[0] != rows for out in outputs) or (
+            longest is not None and not plan.fits(outputs, longest)  # type: ignore[union-attr]
+        ):
+            for p in batch:  # outputs not aligned with the batch: run each on its own
                 self._execute(runner, [p])
             return
         offset = 0
         for p in batch:
             end = offset + p.rows
-            p.set_result([out[offset:end] for out in outputs])
+            if longest is not None and p.lengths != longest:
+                p.set_result(plan.cut(outputs, offset, end, p.lengths))  # type: ignore[union-attr,arg-type]
+            else:
+                p.set_result([out[offset:end] for out in outputs])
             offset = end
 
     def _execute_requests(self, runner: RequestsRunner, batch: list[_Pending]) -> None:
@@ -527,7 +608,9 @@ class Batcher:
             else:
                 p.set_result(result)
 
-    def _record(self, rows: int, seconds: float) -> None:
+    def _record(self, rows: int, seconds: float, elements: int | None = None) -> None:
+        if elements is not None and self._cost is not None:
+            self._cost.observe(elements, seconds)
         self._compute_duration.observe(seconds)
         self._batch_size.observe(rows)
         self._samples.inc(rows)

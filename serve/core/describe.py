@@ -74,6 +74,10 @@ def model_config(core: InferenceCore, name: str, version: str | None) -> dict[st
         "max_batch_size": mv.max_batch_size if mv else config.max_batch_size,
         "dynamic_batching": {
             "max_queue_delay_microseconds": int(config.max_queue_delay_ms * 1000),
+            "pad_variable_length_inputs": mv.padding is not None
+            if mv
+            else config.pad_variable_length_inputs,
+            "padding_buckets": list(config.padding_buckets),
             "default_queue_policy": {
                 "max_queue_size": config.max_queue_size,
                 "default_timeout_microseconds": int(config.default_timeout_ms * 1000),

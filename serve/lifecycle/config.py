@@ -44,7 +44,13 @@ V2_TO_TRITON = {v: k for k, v in TRITON_TO_V2.items()}
 ONNX, PYTHON, ENSEMBLE = "onnx", "python", "ensemble"
 _PLATFORMS = {"onnxruntime_onnx": ONNX, "ensemble": ENSEMBLE}
 _BACKENDS = {"onnxruntime": ONNX, "python": PYTHON}
-_IO_KEYS = {"name", "data_type", "dims", "label_filename", "optional"}
+_IO_KEYS = {"name", "data_type", "dims", "label_filename", "optional", "padding_value"}
+#: Keys of `dynamic_batching`: Triton's, and TF Serving's batching parameter for padding.
+_DYNAMIC_BATCHING_KEYS = (
+    "max_queue_delay_microseconds",
+    "pad_variable_length_inputs",
+    "padding_buckets",
+)
 _STEP_KEYS = {"model_name", "model_version", "input_map", "output_map"}
 
 
@@ -73,13 +79,20 @@ class ModelConfig:
     input: list[dict[str, Any]] = field(default_factory=list)
     output: list[dict[str, Any]] = field(default_factory=list)
     ensemble_scheduling: dict[str, Any] | None = None
-    #: Triton's `dynamic_batching` (`{}` or `{"max_queue_delay_microseconds": N}`) and
-    #: `instance_group` (`[{"count": N, "kind": "KIND_CPU"}]`): the same knobs as
-    #: max_queue_delay_ms and instance_count, which they set.
+    #: Triton's `dynamic_batching` (`{}` or `{"max_queue_delay_microseconds": N,
+    #: "pad_variable_length_inputs": true}`) and `instance_group` (`[{"count": N, "kind":
+    #: "KIND_CPU"}]`): the same knobs as max_queue_delay_ms, pad_variable_length_inputs and
+    #: instance_count, which they set.
     dynamic_batching: dict[str, Any] | None = None
     instance_group: list[dict[str, Any]] | None = None
     require_batching: bool = False
     share_weights: bool = True
+    #: TF Serving's batching parameter: batch requests whose variable non-batch dimensions
+    #: differ by padding them (each input's `padding_value`, default 0; serve.core.padding).
+    pad_variable_length_inputs: bool = False
+    #: Upper bounds of length buckets (ascending): with padding, requests batch only with
+    #: requests of the same bucket on every padded axis, and then always (no cost model).
+    padding_buckets: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The config as `/v2/models/{m}/config` shows it."""
@@ -100,6 +113,10 @@ class ModelConfig:
     @property
     def backend_name(self) -> str:
         return {ONNX: "onnxruntime", PYTHON: "python", ENSEMBLE: ""}[self.kind]
+
+    def padding_values(self) -> dict[str, Any]:
+        """Input name -> the `padding_value` its `input` entry sets."""
+        return {i["name"]: i["padding_value"] for i in self.input if "padding_value" in i}
 
     def label_files(self) -> dict[str, str]:
         """Output name -> label file (relative to the model folder) for the outputs naming one."""
@@ -226,7 +243,9 @@ def _io_list(key: str, value: Any, kind: str) -> list[dict[str, Any]]:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
             raise ConfigError(f"{what} must be an object with a 'name'; e.g. {example}")
         what = f"{key} '{item['name']}'"
-        allowed = _IO_KEYS - ({"optional"} if key == "output" else {"label_filename"})
+        allowed = _IO_KEYS - (
+            {"optional", "padding_value"} if key == "output" else {"label_filename"}
+        )
         unknown = sorted(set(item) - allowed)
         if unknown:
             raise ConfigError(
@@ -248,6 +267,12 @@ def _io_list(key: str, value: Any, kind: str) -> list[dict[str, Any]]:
                 raise ConfigError(
                     f"{what}: dims must be a list of sizes (-1: variable), got {json.dumps(dims)}"
                 )
+        padding = item.get("padding_value", 0)
+        if isinstance(padding, (list, dict)) or padding is None:
+            raise ConfigError(
+                f"{what}: padding_value must be a number, a boolean or a string (the value "
+                f"padded positions get), got {json.dumps(padding)}"
+            )
         label = item.get("label_filename")
         if label is not None and (
             not isinstance(label, str) or not label or "/" in label or label.startswith(".")
@@ -396,10 +421,23 @@ def parse_config(raw: Any) -> ModelConfig:
         elif key == "ensemble_scheduling":
             value = _ensemble_scheduling(value)
         elif key == "dynamic_batching":
-            if not isinstance(value, dict) or set(value) - {"max_queue_delay_microseconds"}:
+            if not isinstance(value, dict) or set(value) - set(_DYNAMIC_BATCHING_KEYS):
                 raise ConfigError(
-                    'dynamic_batching must be {} or {"max_queue_delay_microseconds": '
-                    f"N}}, got {json.dumps(value)}"
+                    'dynamic_batching must be {} or an object like {"max_queue_delay_microseconds"'
+                    ': 100, "pad_variable_length_inputs": true} (keys: '
+                    f"{', '.join(_DYNAMIC_BATCHING_KEYS)}), got {json.dumps(value)}"
+                )
+            if "pad_variable_length_inputs" in value:
+                pad = value["pad_variable_length_inputs"]
+                if not isinstance(pad, bool):
+                    raise ConfigError(
+                        "dynamic_batching.pad_variable_length_inputs must be true or false, "
+                        f"got {json.dumps(pad)}"
+                    )
+                config.pad_variable_length_inputs = pad
+            if "padding_buckets" in value:
+                config.padding_buckets = _buckets(
+                    "dynamic_batching.padding_buckets", value["padding_buckets"]
                 )
             if "max_queue_delay_microseconds" in value:
                 delay = _number(
@@ -411,9 +449,20 @@ def parse_config(raw: Any) -> ModelConfig:
                 config.max_queue_delay_ms = delay / 1000.0
         elif key == "instance_group":
             config.instance_count = _instance_group(value)
-        elif key in ("require_batching", "share_weights") and not isinstance(value, bool):
+        elif key == "padding_buckets":
+            value = _buckets(key, value)
+        elif key in (
+            "require_batching",
+            "share_weights",
+            "pad_variable_length_inputs",
+        ) and not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {json.dumps(value)}")
         setattr(config, key, value)
+    if config.padding_buckets and not config.pad_variable_length_inputs:
+        raise ConfigError(
+            "padding_buckets takes effect only with padding: set pad_variable_length_inputs "
+            "to true, or remove padding_buckets"
+        )
     _check_gpu_agrees(config)
     _check_kind(config)
     if config.kind != ONNX and "max_batch_size" not in raw:
@@ -422,6 +471,21 @@ def parse_config(raw: Any) -> ModelConfig:
         if key in raw:
             setattr(config, key, _io_list(key, raw[key], config.kind))
     return config
+
+
+def _buckets(key: str, value: Any) -> tuple[int, ...]:
+    """Length bucket bounds: positive integers in ascending order."""
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        or any(a >= b for a, b in zip(value, value[1:], strict=False))
+    ):
+        raise ConfigError(
+            f"{key} must be a list of ascending positive lengths, e.g. [16, 32, 64, 128] (a "
+            f"request batches with those of its bucket), got {json.dumps(value)}"
+        )
+    return tuple(value)
 
 
 def _check_gpu_agrees(config: ModelConfig) -> None:

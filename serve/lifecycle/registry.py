@@ -20,6 +20,7 @@ import numpy as np
 
 from serve.core.batcher import Batcher
 from serve.core.executor import Executor
+from serve.core.padding import PaddingPlan
 from serve.lifecycle import batch_dims, runtime
 from serve.lifecycle.config import ENSEMBLE, ONNX, ModelConfig
 from serve.lifecycle.repository import scan_repository
@@ -70,6 +71,8 @@ class ModelVersion:
     #: The model file's metadata_props (shown in /v2/models/{m}/config and on the status page).
     metadata: dict[str, str] = field(default_factory=dict)
     batching: bool = False
+    #: How requests of different lengths are padded into one batch (pad_variable_length_inputs).
+    padding: PaddingPlan | None = field(default=None, compare=False, repr=False)
     #: What runs its requests: a Batcher over onnxruntime sessions for an ONNX model, the
     #: Ensemble or the Python model's process batcher for the others (serve.pipelines).
     batcher: Executor | None = None
@@ -316,6 +319,7 @@ class ModelRegistry:
             max_queue_delay_ms=config.max_queue_delay_ms,
             max_queue_size=config.max_queue_size,
             batching=mv.batching,
+            padding=mv.padding,
         )
 
     def _batching(self, mv: ModelVersion, session: runtime.Session) -> bool:
@@ -324,7 +328,11 @@ class ModelRegistry:
         A model whose outputs do not is served unbatched with a warning, or refused when its
         config says `require_batching`."""
         config = mv.config
+        configured = config.padding_values()
+        if configured:  # a misspelt input name must not go unnoticed
+            batch_dims.padding_values(session.inputs, configured)
         if config.max_batch_size <= 0:
+            self._padding_unused(mv, "max_batch_size is 0")
             return False
         fixed = [s.name for s in session.inputs if not s.shape or s.shape[0] != -1]
         verdict = None if fixed else batch_dims.decide(session)
@@ -333,6 +341,9 @@ class ModelRegistry:
                 TensorSpec(s.name, s.datatype, (-1, *s.shape[1:])) if s.shape else s
                 for s in mv.outputs
             ]
+            if config.pad_variable_length_inputs:
+                mv.padding = batch_dims.decide_lengths(session, configured, config.padding_buckets)
+                self._describe_padding(mv)
             return True
         if fixed:
             why = f"input(s) {', '.join(map(repr, fixed))} have a fixed first dimension"
@@ -343,6 +354,7 @@ class ModelRegistry:
             )
         if config.require_batching:
             raise ValueError(f"config.json sets require_batching, but {why}")
+        self._padding_unused(mv, "the model is not batched")
         log.log(
             logging.INFO if fixed else logging.WARNING,
             "model %s version %s: %s; serving it without batching, one request per run",
@@ -351,6 +363,42 @@ class ModelRegistry:
             why,
         )
         return False
+
+    @staticmethod
+    def _padding_unused(mv: ModelVersion, why: str) -> None:
+        if mv.config.pad_variable_length_inputs:
+            log.warning(
+                "model %s version %s: pad_variable_length_inputs has no effect: %s",
+                mv.name,
+                mv.version,
+                why,
+            )
+
+    @staticmethod
+    def _describe_padding(mv: ModelVersion) -> None:
+        plan = mv.padding
+        if plan is None:
+            log.warning(
+                "model %s version %s: pad_variable_length_inputs has no effect: no input has a "
+                "variable dimension besides the batch",
+                mv.name,
+                mv.version,
+            )
+            return
+        follows = [
+            f"{spec.name}[{','.join(str(d) for d, _ in dims)}]"
+            for spec, dims in zip(mv.outputs, plan.outputs, strict=True)
+            if dims
+        ]
+        log.info(
+            "model %s version %s: variable-length inputs padded into batches (%s); outputs cut "
+            "back per request: %s",
+            mv.name,
+            mv.version,
+            ", ".join(f"{name}[{','.join(str(d) for d, _ in dims)}]"
+                      for name, dims in plan.inputs.items()),
+            ", ".join(follows) or "none",
+        )  # fmt: skip
 
     def _warm_up(self, mv: ModelVersion, sessions: list[runtime.Session]) -> None:
         """Config samples must run (else the model fails); synthesized zeros may fail (logged)."""

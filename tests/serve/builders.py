@@ -148,3 +148,73 @@ def write_model(root: Path, name: str, model: onnx.ModelProto | bytes, version: 
     if config is not None:
         (root / name / "config.json").write_text(json.dumps(config))
     return path
+
+
+def masked_sequence(width: int = 4) -> onnx.ModelProto:
+    """x: FP32 [N, S, width], mask: INT64 [N, S], scale: FP32 [N, 1] -> y = x * mask * scale
+    [N, S, width] (follows the sequence) and pooled = the mean of x over the positions the mask
+    keeps [N, width] (follows none): padding x with anything and mask with 0 changes neither."""
+    one = numpy_helper.from_array(np.array([1.0], np.float32), "one")
+    axis = numpy_helper.from_array(np.array([1], np.int64), "axis")
+    last = numpy_helper.from_array(np.array([2], np.int64), "last")
+    nodes = [
+        helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "last"], ["m3"]),
+        helper.make_node("Mul", ["x", "m3"], ["kept"]),
+        helper.make_node("Unsqueeze", ["scale", "last"], ["s3"]),
+        helper.make_node("Mul", ["kept", "s3"], ["y"]),
+        helper.make_node("ReduceSum", ["kept", "axis"], ["total"], keepdims=0),
+        helper.make_node("ReduceSum", ["m3", "axis"], ["count"], keepdims=0),
+        helper.make_node("Max", ["count", "one"], ["positions"]),
+        helper.make_node("Div", ["total", "positions"], ["pooled"]),
+    ]
+    return _model(
+        nodes,
+        [
+            _fp32("x", ["N", "S", width]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["N", "S"]),
+            _fp32("scale", ["N", 1]),
+        ],
+        [_fp32("y", ["N", "S", width]), _fp32("pooled", ["N", width])],
+        [one, axis, last],
+    )
+
+
+def doubled_sequence() -> onnx.ModelProto:
+    """x: FP32 [N, S] -> y = [x, x] along the sequence: [N, 2S], a length no request has."""
+    return _model(
+        [helper.make_node("Concat", ["x", "x"], ["y"], axis=1)],
+        [_fp32("x", ["N", "S"])],
+        [_fp32("y", ["N", "S2"])],
+    )
+
+
+def unmasked_mean() -> onnx.ModelProto:
+    """x: FP32 [N, S] -> y = the mean over the sequence [N]: padding changes it."""
+    return _model(
+        [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=0)],
+        [_fp32("x", ["N", "S"])],
+        [_fp32("y", ["N"])],
+    )
+
+
+def two_lengths() -> onnx.ModelProto:
+    """a: FP32 [N, S], b: FP32 [N, T] (unnamed) -> ya = a + 1 [N, S], yb = b * 2 [N, T],
+    outer = a[:, :, None] * b[:, None, :] [N, S, T]: two axes padded independently."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    one = numpy_helper.from_array(np.array(1.0, np.float32), "one1")
+    ax2 = numpy_helper.from_array(np.array([2], np.int64), "ax2")
+    ax1 = numpy_helper.from_array(np.array([1], np.int64), "ax1")
+    nodes = [
+        helper.make_node("Add", ["a", "one1"], ["ya"]),
+        helper.make_node("Mul", ["b", "two"], ["yb"]),
+        helper.make_node("Unsqueeze", ["a", "ax2"], ["a3"]),
+        helper.make_node("Unsqueeze", ["b", "ax1"], ["b3"]),
+        helper.make_node("Mul", ["a3", "b3"], ["outer"]),
+    ]
+    return _model(
+        nodes,
+        [_fp32("a", ["N", "S"]), _fp32("b", ["N", None])],
+        [_fp32("ya", ["N", "S"]), _fp32("yb", ["N", None]), _fp32("outer", ["N", "S", None])],
+        [two, one, ax2, ax1],
+    )
