@@ -136,6 +136,9 @@ class ModelController:
         self._sightings: dict[tuple[str, int], tuple] = {}
         self._config_fp: dict[str, tuple] = {}
         self._config_errors: dict[str, str] = {}
+        #: What the steps of each failed ensemble version were when it failed: a scan tries it
+        #: again once they change (a step appeared or was reloaded), its own files unchanged.
+        self._failed_steps: dict[tuple[str, int], tuple] = {}
         self._applied: dict[str, int] = {}
         self._stop = threading.Event()
         self._adopted = False
@@ -190,6 +193,7 @@ class ModelController:
                 )
                 for mv in model.versions.values():
                     self._loaded_fp[(model.name, mv.version)] = version_fingerprint(mv.path.parent)
+                    self._note_failed_steps(mv)
 
     # -- poll --------------------------------------------------------------------------------
 
@@ -297,6 +301,8 @@ class ModelController:
             old = current.get(version)
             files_changed = self._loaded_fp.get(key) != fp
             keep = old is not None and not files_changed and not config_changed
+            if keep and old.state is not State.READY and self._steps_changed(old):
+                keep = False  # an ensemble whose steps were missing: they may be there now
             if keep and (old.state is State.READY or not reload_failed):
                 candidates[version] = old
                 continue
@@ -333,7 +339,32 @@ class ModelController:
     ) -> ModelVersion:
         mv = ModelVersion(name, version, path, config, update=True)
         self.registry._load(mv)  # vets, creates sessions, warms up; counts a failure
+        self._note_failed_steps(mv)
         return mv
+
+    def _steps(self, config: ModelConfig) -> tuple:
+        """The versions an ensemble's step models serve now (each version object, so a reload
+        of a step counts as a change)."""
+        names = sorted({s["model_name"] for s in config.ensemble_scheduling["step"]})  # type: ignore[index]
+        models = self.registry.models
+        return tuple(
+            (n, tuple(id(mv) for mv in models[n].versions.values() if mv.state is State.READY))
+            if n in models
+            else (n, ())
+            for n in names
+        )
+
+    def _note_failed_steps(self, mv: ModelVersion) -> None:
+        key = (mv.name, mv.version)
+        if mv.config.kind == ENSEMBLE and mv.state is State.UNAVAILABLE:
+            self._failed_steps[key] = self._steps(mv.config)
+        else:
+            self._failed_steps.pop(key, None)
+
+    def _steps_changed(self, mv: ModelVersion) -> bool:
+        """A failed ensemble version whose step models changed since it failed."""
+        seen = self._failed_steps.get((mv.name, mv.version))
+        return seen is not None and seen != self._steps(mv.config)
 
     def _config_failed(self, name: str, model: Model | None, reason: str) -> Model | None:
         """A bad config.json: a new model is unavailable; a serving one keeps its versions.
@@ -364,6 +395,8 @@ class ModelController:
         self._retire(model.versions.values())
         for key in [k for k in self._loaded_fp if k[0] == name]:
             del self._loaded_fp[key]
+        for key in [k for k in self._failed_steps if k[0] == name]:
+            del self._failed_steps[key]
         self._config_fp.pop(name, None)
         log.info("model %s unloaded", name)
 

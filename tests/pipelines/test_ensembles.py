@@ -12,8 +12,13 @@ import time
 import numpy as np
 import requests
 
+from serve.core.inference import InferenceCore
+from serve.lifecycle.control import ControlSettings, ModelController
+from serve.lifecycle.registry import ModelRegistry, State
+from serve.settings import Settings
 from tests.pipelines import probes
 from tests.pipelines.conftest import TRITON, onnx_ensemble
+from tests.serve import builders
 from tests.support.server import RunningServer
 
 AB = [probes.fp32("A", [probes.A]), probes.fp32("B", [probes.B])]
@@ -253,3 +258,28 @@ def test_request_parameters_reach_the_steps_over_every_protocol(pipelines_server
     plain = probes.infer(pipelines_server.url, "ens_param", [
         {"name": "X", "datatype": "FP32", "shape": [4], "data": probes.A}])  # fmt: skip
     assert json.loads(plain["body"]["outputs"][0]["data"][0]) == {}
+
+
+def test_poll_mode_loads_an_ensemble_once_its_missing_step_appears(tmp_path) -> None:
+    """An ensemble seen before its step model is UNAVAILABLE; the scan after the step is loaded
+    tries it again (its own files did not change) and it serves."""
+    onnx_ensemble(tmp_path)
+    shutil.rmtree(tmp_path / "mlp")  # the second step is not there yet
+    registry = ModelRegistry(tmp_path, "cpu", 1)
+    registry.in_process = InferenceCore(registry, Settings(model_repository=str(tmp_path)))
+    registry.start()
+    assert registry.wait_loaded(60)
+    controller = ModelController(registry, ControlSettings(mode="poll", probe=False))
+    controller.poll_once()
+    pair = registry.models["onnx_pair"].versions[1]
+    assert pair.state is State.UNAVAILABLE and "not available: mlp" in pair.reason
+    builders.write_model(tmp_path, "mlp", builders.mlp((16, 32, 8)), config={"max_batch_size": 64})
+    controller.poll_once()  # sees mlp's files
+    controller.poll_once()  # mlp's files settled: loaded, then the ensemble is tried again
+    assert registry.models["mlp"].versions[1].state is State.READY
+    pair = registry.models["onnx_pair"].versions[1]
+    assert pair.state is State.READY, pair.reason
+    feeds = {"a": np.ones((1, 16), np.float32), "b": np.ones((1, 16), np.float32)}
+    assert registry.in_process.infer("onnx_pair", feeds)["scores"].shape == (1, 8)
+    controller.poll_once()  # nothing changed: the ensemble is not loaded again
+    assert registry.models["onnx_pair"].versions[1] is pair
