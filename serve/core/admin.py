@@ -11,6 +11,8 @@ error table. What it guarantees:
   (static checks and load probe), then renamed into place: the repository never holds a partial
   or unvetted version, and an existing version is never overwritten (409, ALREADY_EXISTS).
 - Python models (code) are accepted only when the server runs with --allow-python-models.
+- An ensemble's version folder holds no model file: as Triton, it comes as `file:<v>/<name>`
+  parameters of any content (e.g. one empty file); a config alone cannot create one.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from pathlib import Path
 
 from serve.core.auth import ADMIN_TOKEN_ENV, check_bearer
 from serve.core.errors import Code, ServeError
-from serve.lifecycle.config import CONFIG_FILE, PYTHON, parse_config
+from serve.lifecycle.config import CONFIG_FILE, ENSEMBLE, PYTHON, parse_config
 from serve.lifecycle.control import ModelController, vet_model
 from serve.lifecycle.names import InvalidName, validate_model_name, validate_version
 from serve.lifecycle.registry import Model, State
-from serve.lifecycle.repository import MODEL_FILE, MODEL_FILES
+from serve.lifecycle.repository import MODEL_FILE, MODEL_FILES, available_versions
 from serve.protocol.types import ProtocolError
 
 log = logging.getLogger("tapeserve.admin")
@@ -73,6 +75,7 @@ class AdminPlane:
         written first. Raises ServeError (400) naming each version that failed to load."""
         self._require_mode("explicit")
         self._refuse_python_models(name, files, config)
+        self._require_ensemble_version(name, files, config)
         if config is not None:
             self._write_config(name, config)
         for version, version_files in sorted(files.items()):
@@ -119,6 +122,22 @@ class AdminPlane:
                 "server, which accepts Python models only when started with "
                 "--allow-python-models",
             )
+
+    def _require_ensemble_version(self, name: str, files: LoadFiles, config: dict | None) -> None:
+        """An ensemble needs a version folder (empty is fine), as in Triton: a config alone for
+        one the repository does not have is refused (400) before anything is written."""
+        if files or config is None or parse_config(config).kind != ENSEMBLE:
+            return
+        model_dir = self.controller.registry.repository / name
+        if model_dir.is_dir() and available_versions(model_dir, ENSEMBLE):
+            return
+        raise ProtocolError(
+            400,
+            f"model {name!r} is an ensemble and the repository has no version folder for it: "
+            "send one with the config, as Triton takes it, as a parameter 'file:1/<name>' of "
+            "any content (an ensemble's version folder holds no model file; an empty "
+            f"'file:1/ensemble' will do), or create {name}/1/ in the model repository",
+        )
 
     @staticmethod
     def _loaded(name: str, model: Model) -> Model:
@@ -176,19 +195,21 @@ class AdminPlane:
 def load_parameters(config: str | None, files: dict[str, bytes]) -> tuple[LoadFiles, dict | None]:
     """Triton's load parameters, as every protocol carries them: `config` (config.json as text)
     and `file:<version>/<name>` (the file's bytes). Checked: the config is valid, file names are
-    plain, each version has its model file."""
-    parsed = None
+    plain, each version has its model file (an ensemble's versions have none: any files)."""
+    parsed, kind = None, None
     if config is not None:
         try:
             parsed = json.loads(config)
         except ValueError as exc:
             raise ProtocolError(400, f"parameter 'config' is not valid JSON: {exc}") from None
-        parse_config(parsed)  # raises ConfigError (400) naming the bad key
+        kind = parse_config(parsed).kind  # raises ConfigError (400) naming the bad key
     by_version: LoadFiles = {}
     for key, data in files.items():
         version, file_name = _file_key(key)
         by_version.setdefault(version, {})[file_name] = data
     for version, version_files in by_version.items():
+        if kind == ENSEMBLE:
+            continue  # its version folder only marks the version, as in Triton
         if MODEL_FILE not in version_files and PYTHON_MODEL_FILE not in version_files:
             raise ProtocolError(
                 400,
