@@ -7,8 +7,8 @@ an error, never a silent NaN.
 orjson parses and writes several times faster than the standard library (see
 benchmarks/protocol_codec.py) but knows no NaN/Infinity tokens: bodies it refuses are parsed
 again by `json`, and it writes only documents whose floats are all finite. Large V2 bodies whose
-tensors are flat arrays of numbers take a fast path (`loads_infer`, simdjson) that never makes a
-Python object per element.
+tensors are flat arrays of numbers take a fast path (`loads_infer`) that never makes a Python
+object per element: the C parser of serve/protocol/_jsonnum.c where it was built, else simdjson.
 """
 
 from __future__ import annotations
@@ -24,7 +24,11 @@ import orjson
 from serve.protocol.datatypes import V2_TO_NUMPY
 from serve.protocol.types import ProtocolError
 
-try:  # simdjson parses numbers straight into C arrays; without it every body takes `loads`
+try:  # built by setup.py where a C compiler is found (tests/protocol/test_json_fast_path.py)
+    from serve.protocol import _jsonnum
+except ImportError:  # pragma: no cover - installed without a compiler: simdjson takes its place
+    _jsonnum = None
+try:  # simdjson parses numbers straight into C arrays; the fast path where _jsonnum is missing
     import simdjson as _simdjson
 except ImportError:  # pragma: no cover - a platform without pysimdjson wheels
     _simdjson = None
@@ -36,12 +40,14 @@ _INT_LIMITS = {
 }
 
 
-def loads(text: bytes | str, what: str = "request body") -> Any:
+def loads(text: bytes | bytearray | memoryview | str, what: str = "request body") -> Any:
     """Parse JSON, turning every failure (syntax, encoding, nesting depth) into a 400."""
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         pass  # NaN/Infinity tokens, numbers beyond double, UTF-16, lone surrogates, ...
+    if isinstance(text, memoryview):
+        text = bytes(text)  # the standard library reads no memoryview
     try:
         return json.loads(text)
     except RecursionError:
@@ -50,21 +56,27 @@ def loads(text: bytes | str, what: str = "request body") -> Any:
         raise ProtocolError(400, f"{what} is not valid JSON: {exc}") from None
 
 
-#: Datatypes whose flat JSON `data` may take the fast path, and the C type it is parsed as
+#: Datatypes whose flat JSON `data` may take the simdjson path, and the C type it is parsed as
 #: (double or int64, what orjson + np.asarray would build for valid data of that datatype).
 _FAST_AS = {"FP16": "d", "FP32": "d", "FP64": "d"}
 _FAST_AS.update({name: "i" for name in ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16")})
 _FAST_AS["UINT32"] = "i"
-#: Below this many bytes a body is parsed by orjson alone (simdjson's proxies cost more than
-#: they save on small documents; benchmarks/protocol_codec.py).
+#: What _jsonnum parses each datatype's data into: float32 and float64 as the general decoder
+#: makes them (the correctly rounded double, cast); FP16 as float64 and the integers as int64,
+#: cast (and range-checked) afterwards as the general decoder does.
+_C_KIND = {"FP32": ("f", np.float32), "FP64": ("d", np.float64), "FP16": ("d", np.float64)}
+_C_KIND.update({name: ("q", np.int64) for name, kind in _FAST_AS.items() if kind == "i"})
+#: Below this many bytes a body is parsed by orjson alone (the fast path's set-up costs more
+#: than it saves on small documents; benchmarks/protocol_codec.py).
 FAST_MIN_BYTES = 16 * 1024
 #: Integers from here on are not exact in a double: such data takes the general path.
 _EXACT_IN_DOUBLE = 2.0**53
 
 
 class NumericData:
-    """A flat JSON array of numbers, parsed in C: `values` is float64 (float datatypes) or
-    int64 (integer datatypes), element for element what `np.asarray` of orjson's list is."""
+    """A flat JSON array of numbers, parsed in C: `values` holds, element for element, what
+    `np.asarray` of orjson's list cast to the datatype holds (float32/float64 already cast;
+    float64 for FP16 and int64 for integer datatypes, cast and range-checked when used)."""
 
     __slots__ = ("values",)
 
@@ -79,18 +91,82 @@ class _Fallback(Exception):
     """The fast path does not apply; parse the body with `loads`."""
 
 
-def loads_infer(text: bytes) -> Any:
+def loads_infer(text: bytes | bytearray | memoryview) -> Any:
     """`loads` for a V2 infer body, with the `data` of every input whose datatype is numeric
     and whose data is a flat array of numbers as a `NumericData` instead of a list.
 
     Image-sized tensors are millions of numbers: orjson makes a Python float of each and
-    np.asarray reads them back, which costs most of a large JSON request. simdjson parses them
-    straight into a C array (benchmarks/protocol_codec.py). Whatever the fast path is not sure
-    of - nested or mixed data, NaN/Infinity, duplicate keys, integers beyond 2**53 in float
-    data, a document simdjson refuses - is parsed by `loads`, so both give the same values.
+    np.asarray reads them back, which costs most of a large JSON request. The C parser
+    (_jsonnum) finds the `data` arrays without parsing the rest, parses them straight into the
+    tensor's dtype, and orjson parses the rest of the body with the arrays left out; without
+    it simdjson parses the body into C arrays. Whatever the fast path is not sure of - nested
+    or mixed data, NaN/Infinity, repeated or escaped keys, integers beyond 2**53 in float data,
+    a count of numbers that is not the shape's - is parsed by `loads`, so both give the same
+    values and the same errors (tests/protocol/test_json_fast_path.py).
     """
-    if _simdjson is None or len(text) < FAST_MIN_BYTES:
-        return loads(text)
+    if len(text) >= FAST_MIN_BYTES:
+        if _jsonnum is not None:
+            doc = _located_document(text)
+            if doc is not None:
+                return doc
+        elif _simdjson is not None:
+            doc = _simdjson_document(bytes(text))
+            if doc is not None:
+                return doc
+    return loads(text)
+
+
+def _located_document(text: bytes | bytearray | memoryview) -> dict | None:
+    """The body parsed with its inputs' `data` arrays read by _jsonnum, or None (not sure)."""
+    spans = _jsonnum.locate(text)
+    if spans is None:
+        return None
+    view, pieces, at = memoryview(text), [], 0
+    for _, start, end in spans:  # the rest of the body, with null where each array was
+        pieces += (view[at:start], b"null")
+        at = end
+    pieces.append(view[at:])
+    try:
+        doc = orjson.loads(b"".join(pieces))
+        inputs = doc["inputs"]
+        for index, start, end in spans:
+            tensor = inputs[index]
+            if tensor["data"] is not None:
+                return None  # not where locate saw it: the general decoder says
+            values = _c_numbers(text, start, end, tensor)
+            # what _jsonnum does not read (BOOL, BYTES, nested, ...) orjson does, as it would
+            # in the whole body; a span ends at the array's first ']', so one orjson reads is
+            # the whole array
+            tensor["data"] = orjson.loads(view[start:end]) if values is None else values
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None  # not valid JSON, or not shaped as locate saw it: the general decoder says
+    return doc
+
+
+def _c_numbers(text: Any, start: int, end: int, tensor: dict) -> NumericData | None:
+    """body[start:end] parsed for `tensor`'s datatype, as many numbers as its shape holds, or
+    None when _jsonnum is not sure of them."""
+    datatype = tensor.get("datatype")
+    kind = _C_KIND.get(datatype) if isinstance(datatype, str) else None
+    shape = tensor.get("shape")
+    if kind is None or not isinstance(shape, list):
+        return None
+    count = 1
+    for dim in shape:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+            return None
+        count *= dim
+        if count > (end - start) // 2:  # each number takes a byte and a comma or bracket
+            return None
+    if count == 0:
+        return None
+    code, dtype = kind
+    out = np.empty(count, dtype)
+    return NumericData(out) if _jsonnum.parse(text, start, end, out, code) else None
+
+
+def _simdjson_document(text: bytes) -> Any:
+    """The body parsed by simdjson, flat numeric `data` as NumericData; None when not sure."""
     try:
         doc = _infer_document(_simdjson.Parser().parse(text))
         # simdjson's as_buffer flattens nested arrays: every '[' of the body must be an array
@@ -99,7 +175,7 @@ def loads_infer(text: bytes) -> Any:
             raise _Fallback
         return doc
     except (_Fallback, ValueError, TypeError, RuntimeError, KeyError, IndexError):
-        return loads(text)
+        return None
 
 
 def _count_brackets(text: bytes) -> int:
@@ -310,7 +386,7 @@ def _fast_numeric(values: np.ndarray, datatype: str, dtype: np.dtype, what: str)
                 400, f"{what}: value {value} is out of range for {datatype} [{lo}, {hi}]"
             )
     with np.errstate(over="ignore"):
-        return values.astype(dtype)
+        return values.astype(dtype, copy=False)
 
 
 def _expected(datatype: str) -> str:

@@ -69,7 +69,7 @@ def decode_infer(
     if header_length == 0:
         return _decode_raw(body, raw_input)
     json_end = len(body) if header_length is None else header_length
-    doc = jsondata.loads_infer(bytes(body if header_length is None else body[:header_length]))
+    doc = jsondata.loads_infer(body if header_length is None else body[:header_length])
     if not isinstance(doc, dict):
         raise ProtocolError(400, "request body must be a JSON object")
     request_id = doc.get("id")
