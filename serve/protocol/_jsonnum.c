@@ -111,66 +111,59 @@ static inline uint64_t eight_digits_value(uint64_t v) {
             32) &
            0xFFFFFFFFu;
 }
+
 #endif
 
 /* A JSON number at s, strictly ("-"? int frac? exp?), read into d; the end of the token, or
  * NULL when it is not a JSON number. Every scan stops at the array's closing ']' (at `end` - 1),
- * so no byte past it is read. */
-static const char *scan_bytes(const char *s, const char *end, decimal_t *d) {
-    int digits = 0;
-    *d = (decimal_t){0, 0, 0, 1, 1};
-    if (*s == '-') {
-        d->negative = 1;
-        s++;
-    }
+ * so no byte past it is read. All digits are accumulated (wrapping past 19), then counted: d is
+ * exact when at most 19 of them are significant (leading zeros are not). */
+static const char *scan_number(const char *s, const char *end, decimal_t *d) {
+    uint64_t m = 0;
+    const char *first;
+    d->negative = *s == '-';
+    s += d->negative;
+    first = s;
     if (*s == '0') {
         s++;
         if (is_digit((unsigned char)*s)) return NULL; /* "01" is not JSON */
-    } else if (is_digit((unsigned char)*s)) {
-        for (; is_digit((unsigned char)*s); s++) {
-            if (digits < MAX_DIGITS) {
-                d->m = d->m * 10 + (uint64_t)(*s - '0');
-                digits++;
-            } else {
-                d->exact = 0;
-                d->power++;
-            }
-        }
     } else {
-        return NULL;
+        if (!is_digit((unsigned char)*s)) return NULL;
+        do {
+            m = m * 10 + (uint64_t)(*s - '0');
+            s++;
+        } while (is_digit((unsigned char)*s));
     }
+    Py_ssize_t digits = s - first;
+    d->power = 0;
+    d->is_int = 1;
     if (*s == '.') {
+        const char *fraction = ++s;
         d->is_int = 0;
-        s++;
-        if (!is_digit((unsigned char)*s)) return NULL; /* "1." is not JSON */
-        if (d->m == 0) {
-            while (*s == '0') { /* leading zeros of the fraction are not significant */
-                d->power--;
-                s++;
-            }
-        }
 #ifdef EIGHT_AT_A_TIME
-        /* eight digits at a time while they fit in the mantissa and in the array */
-        while (digits <= MAX_DIGITS - 8 && end - s >= 8 && eight_digits(load8(s))) {
-            d->m = d->m * 100000000u + eight_digits_value(load8(s));
-            digits += 8;
-            d->power -= 8;
+        while (end - s >= 8 && eight_digits(load8(s))) {
+            m = m * 100000000u + eight_digits_value(load8(s));
             s += 8;
         }
 #endif
-        for (; is_digit((unsigned char)*s); s++) {
-            unsigned digit = (unsigned)(*s - '0');
-            if (d->m == 0 && digit == 0) {
-                d->power--; /* a leading zero of the fraction is not significant */
-            } else if (digits < MAX_DIGITS) {
-                d->m = d->m * 10 + digit;
-                digits++;
-                d->power--;
-            } else {
-                d->exact = 0;
-            }
+        while (is_digit((unsigned char)*s)) {
+            m = m * 10 + (uint64_t)(*s - '0');
+            s++;
         }
+        if (s == fraction) return NULL; /* "1." is not JSON */
+        d->power = -(int64_t)(s - fraction);
+        digits += s - fraction;
     }
+    d->exact = 1;
+    if (digits > MAX_DIGITS) { /* leading zeros ("0.000") are not significant */
+        const char *p = first;
+        while (*p == '0' || *p == '.') {
+            if (*p == '0') digits--;
+            p++;
+        }
+        d->exact = digits <= MAX_DIGITS;
+    }
+    d->m = m;
     if (*s == 'e' || *s == 'E') s = exponent(s, d);
     return s;
 }
@@ -252,7 +245,7 @@ static int to_double(const decimal_t *d, const char *start, const char *end, dou
 static inline const char *number(const char *s, const char *end, kind_t kind,
                                  double *dout, int64_t *iout) {
     decimal_t d;
-    const char *after = scan_bytes(s, end, &d);
+    const char *after = scan_number(s, end, &d);
     if (after == NULL) return NULL;
     if (kind == KIND_I64) {
         /* integers only (a float in integer data is the general decoder's 400), within int64 */
