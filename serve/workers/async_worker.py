@@ -16,7 +16,8 @@ It keeps every promise of the gthread worker (serve/workers/gthread.py):
 - Limits: Gunicorn's `limit_request_line` (414), `limit_request_field_size` and
   `limit_request_fields` (431), and malformed HTTP (400), all answered as `{"error": ...}` JSON
   with `Connection: close`.
-- Gunicorn's heartbeat, `max_requests` and worker boot failure (`WORKER_BOOT_ERROR`).
+- Gunicorn's heartbeat, `max_requests` (the answer that reaches it says `Connection: close`) and
+  worker boot failure (`WORKER_BOOT_ERROR`).
 """
 
 from __future__ import annotations
@@ -155,8 +156,15 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
             self._check_fields()  # else the whole head is smaller than one field may be
         self._head_bytes = 0
         super().on_headers_complete()
-        if self.server_state.stopping or draining():
+        if self.server_state.stopping or draining() or self._last_before_restart():
             self.cycle.keep_alive = False  # answered with "Connection: close"
+
+    def _last_before_restart(self) -> bool:
+        """This request reaches `max_requests`: the worker stops at its next tick, so its answer
+        closes the connection, as Gunicorn's workers do (the client's next request opens a new
+        one instead of racing the stopping worker on this one)."""
+        limit = self.config.limit_max_requests
+        return limit is not None and self.server_state.total_requests + 1 >= limit
 
     def _check_fields(self) -> None:
         """Gunicorn's limits on the number and the size of header fields."""

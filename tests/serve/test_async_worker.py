@@ -226,26 +226,51 @@ def test_unknown_worker_class_is_refused_clearly() -> None:
     assert "'eventlet' is not one of 'async', 'gthread'" in result.output
 
 
+def _first_answer(url: str, timeout: float = 120.0) -> requests.Response:
+    """The first answer of a starting server, sending exactly one request that is answered:
+    refused connections (no listener yet) are retried, an accepted one waits for the worker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return requests.get(url)  # no timeout: it waits in the backlog until a worker serves
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def test_async_worker_keeps_the_heartbeat_and_restarts_after_max_requests(
     repository: Path,
 ) -> None:
     # --timeout 3: a worker that misses its heartbeat for 3 s is killed by the master. (A
     # worker booting on a busy machine can miss it too, for either class: only the idle
-    # period of a running worker is judged.) The readiness polls of the start count towards
-    # --max-requests too: it is set well above them. No load probe: its helper process, started
-    # at boot, can complain on stderr when a worker replaced this soon exits before it.
+    # period of a running worker is judged.) No load probe: its helper process, started at
+    # boot, can complain on stderr when a worker replaced this soon exits before it.
+    # The answer that reaches --max-requests says "Connection: close", as Gunicorn's own workers
+    # do: a client never sends on a kept-alive connection the stopping worker is about to close,
+    # however long it waits before its next request (a loaded machine).
     env = {"GUNICORN_CMD_ARGS": "--max-requests 100"}
     args = ["--timeout", "3", "--no-load-probe"]
-    with run_server(repository, extra_args=args, env=env) as srv:
+    with run_server(repository, extra_args=args, env=env, wait="none") as srv:
+        assert _first_answer(srv.url + "/v2/health/live").status_code == 200  # request 1
+        deadline = time.monotonic() + 120  # its model loaded (read in the log: no requests)
+        while not re.search(r"model \S+ version 1 ready on", srv.log()):
+            assert time.monotonic() < deadline, srv.log()[-3000:]
+            time.sleep(0.1)
         idle_from = len(srv.log())
-        time.sleep(4)
+        time.sleep(4)  # the idle period judged below
         idle = srv.log()[idle_from:]
         with requests.Session() as session:  # one kept-alive connection, as clients do
-            statuses = [session.get(srv.url + "/v2/health/live").status_code for _ in range(150)]
-        time.sleep(0.5)
+            answers = [session.get(srv.url + "/v2/health/live") for _ in range(150)]
+        deadline = time.monotonic() + 120  # the replacement's boot, however slow the machine
+        while time.monotonic() < deadline and srv.log().count("Booting worker with pid") < 2:
+            time.sleep(0.1)
         log = srv.log()
     assert "WORKER TIMEOUT" not in idle and "Booting worker" not in idle, idle
-    assert statuses == [200] * 150
+    assert [r.status_code for r in answers] == [200] * 150
+    connection = [r.headers.get("Connection", "keep-alive") for r in answers]
+    assert connection[:98] == ["keep-alive"] * 98, connection
+    assert connection[98] == "close", "request 100, the limit, closes its connection"
     assert log.count("Maximum request limit of 100 exceeded") >= 1, log[-3000:]
     assert log.count("Booting worker with pid") >= 2, "the worker was replaced after 100 requests"
     _assert_clean(log)
