@@ -218,3 +218,44 @@ def two_lengths() -> onnx.ModelProto:
         [_fp32("ya", ["N", "S"]), _fp32("yb", ["N", None]), _fp32("outer", ["N", "S", None])],
         [two, one, ax2, ax1],
     )
+
+
+_GATED = """
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.gate = os.path.join(args["model_repository"], "open")
+        if {hold_initialize}:
+            self.wait()
+
+    def wait(self):
+        while not os.path.exists(self.gate):
+            time.sleep(0.005)
+
+    def execute(self, requests):
+        self.wait()
+        return [pb_utils.InferenceResponse(
+            [pb_utils.Tensor("Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy())])
+            for r in requests]
+"""
+
+
+def write_gated_model(root: Path, name: str, hold: str, config: dict | None = None) -> Path:
+    """A Python model (X: FP32 [1] -> Y = X) that waits in `hold` ("initialize": its load, or
+    "execute": every request) until the file `root/name/open` exists: a test holds a model
+    loading, or its one instance busy, for exactly as long as it needs, however slow the
+    machine. Needs --allow-python-models. Returns the gate file (create it to open)."""
+    folder = root / name
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    code = _GATED.replace("{hold_initialize}", str(hold == "initialize"))
+    (folder / "1" / "model.py").write_text(code)
+    spec = [{"name": "X", "data_type": "TYPE_FP32", "dims": [1]}]
+    out = [{"name": "Y", "data_type": "TYPE_FP32", "dims": [1]}]
+    full = {"backend": "python", "max_batch_size": 0, "input": spec, "output": out}
+    (folder / "config.json").write_text(json.dumps({**full, **(config or {})}))
+    return folder / "open"

@@ -10,6 +10,9 @@ import time
 import numpy as np
 import pytest
 
+from tests.serve import builders
+from tests.support.server import start_server
+
 X = {"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [0.0] * 16}
 
 
@@ -122,12 +125,12 @@ def _metric(server, line_prefix: str) -> float:
     return 0.0
 
 
-def _wait_metric(server, line_prefix: str, value: float) -> None:
-    for _ in range(500):
-        if _metric(server, line_prefix) >= value:
-            return
+def _wait_metric(server, line_prefix: str, value: float, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _metric(server, line_prefix) < value:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{line_prefix} never reached {value} in {timeout:g} s")
         time.sleep(0.01)
-    raise AssertionError(f"{line_prefix} never reached {value}")
 
 
 def _occupy(server, model: str) -> threading.Thread:
@@ -141,17 +144,38 @@ def _occupy(server, model: str) -> threading.Thread:
     return thread
 
 
-def test_503_queue_full_with_retry_after(server) -> None:
-    busy = _occupy(server, "busy")
-    queued = threading.Thread(target=infer, args=(server, "busy", _busy_body(1)))
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A server whose `gated` model (one instance, max_queue_size 1) runs each request only once
+    the test opens its gate: busy for exactly as long as the test needs."""
+    root = tmp_path_factory.mktemp("gated")
+    gate = builders.write_gated_model(root, "gated", "execute", {"max_queue_size": 1})
+    srv = start_server(root, extra_args=["--allow-python-models"])
+    yield srv, gate
+    srv.stop()
+
+
+def test_503_queue_full_with_retry_after(gated) -> None:
+    server, gate = gated
+    x = {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}],
+         "parameters": {"timeout": 120_000_000}}  # fmt: skip
+    answers: list = []
+    started = 'tapeserve_queue_duration_seconds_count{model="gated",version="1"}'
+    before = _metric(server, started)
+    busy = threading.Thread(target=lambda: answers.append(infer(server, "gated", x)))
+    busy.start()
+    _wait_metric(server, started, before + 1)  # running: its instance waits at the gate
+    queued = threading.Thread(target=lambda: answers.append(infer(server, "gated", x)))
     queued.start()
-    _wait_metric(server, 'tapeserve_queue_depth{model="busy",version="1"}', 1)
-    full = infer(server, "busy", _busy_body(1))  # max_queue_size 1: no room
+    _wait_metric(server, 'tapeserve_queue_depth{model="gated",version="1"}', 1)
+    full = infer(server, "gated", x)  # max_queue_size 1: no room
+    gate.touch()
     busy.join()
     queued.join()
     assert_error(full, 503, "queue", "full")
     assert full.headers["Retry-After"] == "1"
-    assert _metric(server, 'tapeserve_rejected_requests_total{model="busy",reason="queue_full"}')
+    assert _metric(server, 'tapeserve_rejected_requests_total{model="gated",reason="queue_full"}')
+    assert [a.status_code for a in answers] == [200, 200]  # the two it took were answered
 
 
 def test_504_deadline_from_request_and_config(server) -> None:

@@ -120,17 +120,18 @@ def test_device_cuda_fails_loudly_without_a_gpu(tmp_path) -> None:
 
 
 def test_loading_model_answers_503_with_retry_after(tapeserve_server, tmp_path) -> None:
-    """While a model warms up (slow config samples), it and readiness say so, then serve."""
-    sample = {"n": {"shape": [1], "data": [30_000]}}  # ~0.5 s of MatMuls per sample
-    builders.write_model(tmp_path, "slow", builders.busy(), config={"warmup": [sample] * 4})
-    srv = tapeserve_server(tmp_path, wait="live")
-    body = {"inputs": [{"name": "n", "shape": [1], "datatype": "INT64", "data": [1]}]}
+    """While a model loads (held by the test: its initialize waits at a gate), it and readiness
+    say so, then serve."""
+    gate = builders.write_gated_model(tmp_path, "slow", "initialize")
+    srv = tapeserve_server(tmp_path, wait="live", extra_args=["--allow-python-models"])
+    body = {"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
     assert srv.get("/v2/health/ready").status_code == 503
     loading = srv.post("/v2/models/slow/infer", json=body)
     assert loading.status_code == 503, loading.text
     assert "still loading" in loading.json()["error"] and loading.headers["Retry-After"] == "1"
     assert srv.get("/v2/models/slow/ready").json() == {"name": "slow", "ready": False}
     assert index(srv)[("slow", "1")]["state"] == "LOADING"
+    gate.touch()
     srv.wait_models_final()
     assert srv.get("/v2/health/ready").status_code == 200
     assert srv.post("/v2/models/slow/infer", json=body).status_code == 200
