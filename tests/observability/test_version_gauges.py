@@ -37,6 +37,13 @@ def _wait_for(server, expected: dict[str, float], timeout: float = 60.0) -> None
         time.sleep(0.1)
 
 
+def _wait_for_log(server, line: str, times: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (seen := server.log().count(line)) < times:
+        assert time.monotonic() < deadline, f"{line!r} logged {seen} times, expected {times}"
+        time.sleep(0.1)
+
+
 def test_retired_unloaded_and_deleted_versions_leave_the_metrics(
     tmp_path: Path, tapeserve_server
 ) -> None:
@@ -52,5 +59,8 @@ def test_retired_unloaded_and_deleted_versions_leave_the_metrics(
     shutil.rmtree(tmp_path / "ident" / "3")
     _wait_for(server, {"2": 1.0})
     shutil.rmtree(tmp_path / "ident")
-    _wait_for(server, {})
+    # Each worker drops the model at its own scan, and either may answer a scrape: once both
+    # have, no scrape shows its series, whichever worker answers it.
+    _wait_for_log(server, "model ident unloaded", times=2)
+    assert _ready(server) == {}
     assert 'tapeserve_queue_depth{model="ident"' not in server.metrics()
