@@ -44,7 +44,7 @@ from loadgen import http as bench
     default=10.0,
     show_default=True,
     type=click.FloatRange(min=0.1),
-    help="Measured seconds per concurrency level.",
+    help="Measured seconds per concurrency level (at least until one request is answered).",
 )
 @click.option(
     "--warmup",

@@ -106,7 +106,8 @@ def run_level(
     timeout: float = 30.0,
     tick: Callable[[float, int], None] | None = None,
 ) -> LevelResult:
-    """Drive `concurrency` channels: `warmup` seconds unmeasured, then `duration` measured."""
+    """Drive `concurrency` channels: `warmup` seconds unmeasured, then `duration` measured, and
+    until one request is answered (as loadgen.http.run_level)."""
     return asyncio.run(_level(addr, request, concurrency, duration, warmup, timeout, tick))
 
 
@@ -140,8 +141,10 @@ async def _level(addr, request, concurrency, duration, warmup, timeout, tick) ->
     await asyncio.sleep(warmup)
     measuring = True
     start = clock()
-    while (elapsed := clock() - start) < duration:
-        await asyncio.sleep(min(0.5, duration - elapsed))
+    while (elapsed := clock() - start) < duration or not (
+        latencies or errors[0] or elapsed > duration + timeout
+    ):
+        await asyncio.sleep(min(0.5, max(0.01, duration - elapsed)))
         if tick is not None:
             tick(min(clock() - start, duration), len(latencies))
     measuring = False

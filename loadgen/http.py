@@ -269,6 +269,8 @@ def run_level(
 ) -> LevelResult:
     """Drive `concurrency` connections: `warmup` seconds unmeasured, then `duration` measured.
 
+    The measured window also lasts until one request is answered (bounded by `timeout`): a
+    server slower than the window (a loaded machine) gets its true figure, not 0 requests/s.
     `tick(elapsed_s, requests_so_far)` is called about twice a second during the measured window
     (progress display).
     """
@@ -280,8 +282,10 @@ def run_level(
     for client in clients:
         client.measuring = True
     start = time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < duration:
-        time.sleep(min(0.5, duration - elapsed))
+    while (elapsed := time.perf_counter() - start) < duration or not (
+        any(c.latencies or c.errors for c in clients) or elapsed > duration + timeout
+    ):
+        time.sleep(min(0.5, max(0.01, duration - elapsed)))
         if tick is not None:
             tick(min(time.perf_counter() - start, duration), sum(len(c.latencies) for c in clients))
     for client in clients:

@@ -171,3 +171,36 @@ def _grpc_requests(server) -> float:
         if line.startswith('tapeserve_requests_total{code="200",model="mlp",protocol="grpc"'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def test_a_server_slower_than_the_window_gets_a_figure_not_zero() -> None:
+    """The measured window lasts until one request is answered: on a loaded machine a short
+    window can close before the first answer, which read as 0 requests/s."""
+    import http.server
+    import threading
+    import time
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(0.5)  # the server's answer comes after the 0.1 s window
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = bench.Target("127.0.0.1", server.server_address[1], "")
+        level = bench.run_level(target, "/v2/models/m/infer", b"{}", {}, 2, 0.1, 0.0, timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert level.errors == 0 and level.requests >= 1, level
+    assert level.duration_s >= 0.5 and level.throughput == pytest.approx(
+        level.requests / level.duration_s, 0.01
+    )
