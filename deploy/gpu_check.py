@@ -299,11 +299,29 @@ class Server:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+def listening_url(log: Path, alive: Callable[[], bool], timeout: float = 300) -> str:
+    """The URL Gunicorn's master says it listens at (bound to port 0: the kernel picks a free
+    one, so no other server on the machine can take it between choosing and binding)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(r"Listening at: (http://\S+)", log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        if not alive():
+            raise StepFailed("the server exited before it listened")
+        time.sleep(0.1)
+    raise StepFailed(f"the server did not listen within {timeout:.0f} s")
+
+
 @contextlib.contextmanager
 def serve(repository: Path, device: str, workers: int, workdir: Path) -> Iterator[Server]:
-    """`tapeserve serve` on a free loopback port until the block ends (then SIGTERM)."""
-    port = free_port()
-    log = workdir / f"serve-{device.replace(':', '')}-{workers}w-{port}.log"
+    """`tapeserve serve` on a loopback port the kernel picks, without gRPC (the check uses REST
+    only; a fixed gRPC port would collide with any other server on the machine), until the
+    block ends (then SIGTERM)."""
+    fd, name = tempfile.mkstemp(prefix=f"serve-{device.replace(':', '')}-{workers}w-",
+                                suffix=".log", dir=workdir)  # fmt: skip
+    os.close(fd)
+    log = Path(name)
     command = [
         *tapeserve_command(),
         "serve",
@@ -312,7 +330,9 @@ def serve(repository: Path, device: str, workers: int, workdir: Path) -> Iterato
         "--host",
         "127.0.0.1",
         "--port",
-        str(port),
+        "0",
+        "--grpc-port",
+        "0",
         "--workers",
         str(workers),
         "--device",
@@ -324,9 +344,10 @@ def serve(repository: Path, device: str, workers: int, workdir: Path) -> Iterato
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAPESERVE_")}
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"http://127.0.0.1:{port}", process, log)
+    server = Server("", process, log)
     try:
         try:
+            server.url = listening_url(log, lambda: process.poll() is None)
             wait_ready(server.url, lambda: process.poll() is None)
         except StepFailed as exc:
             said = server.log_tail(1)  # e.g. why the device was refused

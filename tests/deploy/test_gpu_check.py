@@ -9,15 +9,19 @@ collector into the check's parser.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from serve.settings import Settings
 from tests.deploy.manifests import DEPLOY, deploy_module
 
 SCRIPT = DEPLOY / "gpu-check.sh"
@@ -77,16 +81,29 @@ def test_unknown_arguments_are_usage_errors():
 
 
 @pytest.mark.slow
+@contextlib.contextmanager
+def _listening_on(port: int) -> Iterator[None]:
+    """Something else listens on `port` meanwhile (this, or whatever already does)."""
+    with socket.socket() as sock:
+        with contextlib.suppress(OSError):  # taken already: the same situation
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        yield
+
+
 def test_forced_without_a_gpu_every_gpu_step_fails_and_the_cpu_half_is_measured():
     if _gpu_visible():
         pytest.skip("a GPU is visible: test_gpu_check covers this machine")
-    forced = _run(
-        "--no-container",
-        TAPESERVE_GPU_CHECK_FORCE="1",
-        TAPESERVE_GPU_CHECK_SECONDS="0.3",
-        TAPESERVE_GPU_CHECK_BATCHES="1,8",
-        TAPESERVE_GPU_CHECK_ZOO="none",  # the zoo's own test below covers it
-    )
+    # The check's servers must not depend on the machine's other servers: the default gRPC
+    # port held by another one (a developer's `make serve`, a second check) changes nothing.
+    with _listening_on(Settings().grpc_port):
+        forced = _run(
+            "--no-container",
+            TAPESERVE_GPU_CHECK_FORCE="1",
+            TAPESERVE_GPU_CHECK_SECONDS="0.3",
+            TAPESERVE_GPU_CHECK_BATCHES="1,8",
+            TAPESERVE_GPU_CHECK_ZOO="none",  # the zoo's own test below covers it
+        )
     out = forced.stdout
     assert forced.returncode == 1, out + forced.stderr
     headings = [line for line in out.splitlines() if line.startswith("== ")]
