@@ -6,7 +6,8 @@ figures from one run; the load average is recorded with each cell):
 1. builds the full-size zoo members (modelzoo): a GlobalAveragePool over 224x224x3 FP32
    images (the request body is the cost; 1, 4 and 8 clients), ResNet-50 (224x224 FP32
    images), BERT-base after onnxruntime's transformer optimizer (one sequence per request,
-   lengths 16-128 mixed) and XGBoost (200 trees, 32 features, one row per request);
+   lengths 16-128 mixed; served with pad_variable_length_inputs, and beside it unpadded and
+   with length buckets) and XGBoost (200 trees, 32 features, one row per request);
 2. raw onnxruntime in-process (intra-op threads = the machine's CPUs, as the servers use them
    all) at batch 1, 8 and 32: the compute limit ("raw ORT best");
 3. starts tapeserve (2 workers, `--log-level warning`, each model batching up to 32), the same
@@ -201,12 +202,26 @@ def raw_ort(member, feeds: list[dict], threads: int, seconds: float = 2.0) -> di
 # Servers
 
 
+#: BERT is served with variable-length padding (docs/model-config.md); in the shared-weights
+#: server also without it and with length buckets, as folders beside it (same weights), so
+#: the three run side by side: model folder -> config keys beyond the defaults.
+BERT_VARIANTS = {
+    "bert": {"pad_variable_length_inputs": True},
+    "bert_unpadded": {},
+    "bert_buckets": {"pad_variable_length_inputs": True, "padding_buckets": [32, 64, 96, 128]},
+}
+
+
 def write_repository(root: Path, members: dict, share: bool) -> None:
     for name, member in members.items():
-        target = root / name
-        shutil.copytree(member.directory, target)
-        config = {"max_batch_size": MAX_BATCH, "share_weights": share}
-        (target / "config.json").write_text(json.dumps(config))
+        folders = {name: {}}
+        if name == "bert":
+            folders = BERT_VARIANTS if share else {"bert": BERT_VARIANTS["bert"]}
+        for folder, extra in folders.items():
+            target = root / folder
+            shutil.copytree(member.directory, target)
+            config = {"max_batch_size": MAX_BATCH, "share_weights": share, **extra}
+            (target / "config.json").write_text(json.dumps(config))
 
 
 @contextlib.contextmanager
@@ -309,8 +324,13 @@ def targets(rows: list[dict], raw: dict) -> list[tuple[str, str, str, bool | Non
             out.append((what, f"{ours / theirs:.2f}x", ">= 2x", ours / theirs >= 2))
     ours, theirs = rps("tapeserve JSON", "bert", 32), rps("flask JSON", "bert", 32)
     if ours and theirs:
-        out.append(("BERT mixed lengths JSON c=32 vs the Flask app", f"{ours / theirs:.2f}x",
-                    ">= 1.5x", ours / theirs >= 1.5))  # fmt: skip
+        out.append(("BERT mixed lengths JSON c=32 (padded) vs the Flask app",
+                    f"{ours / theirs:.2f}x", ">= 1.5x", ours / theirs >= 1.5))  # fmt: skip
+    for label in ("JSON buckets", "JSON unpadded"):
+        other = rps(f"tapeserve {label}", "bert", 32)
+        if other and theirs:
+            out.append((f"BERT mixed lengths {label} c=32 vs the Flask app",
+                        f"{other / theirs:.2f}x", ">= 1.5x", other / theirs >= 1.5))  # fmt: skip
     for model in raw:
         shared = rps("tapeserve binary", model, 8)
         private = rps("tapeserve binary private", model, 8)
@@ -442,6 +462,12 @@ def main() -> None:
                 if binary:
                     configs["private"].append(Config("tapeserve binary private", name, "private",
                                                      v2, bodies, "v2"))  # fmt: skip
+                elif name == "bert":
+                    for folder, label in (("bert_unpadded", "JSON unpadded"),
+                                          ("bert_buckets", "JSON buckets")):  # fmt: skip
+                        configs["tapeserve"].append(Config(f"tapeserve {label}", name, "tapeserve",
+                                                           f"/v2/models/{folder}/infer", bodies,
+                                                           "v2"))  # fmt: skip
             bodies = [(flask_body(f), {"Content-Type": "application/json"}) for f in feeds[name]]
             configs["flask"].append(Config("flask JSON", name, "flask", f"/predict/{name}",
                                            bodies, "flask"))  # fmt: skip
@@ -506,7 +532,8 @@ def main() -> None:
         f"workers (async), max_batch_size {MAX_BATCH}, --log-level warning; `private` rows: "
         "share_weights false; Flask app: Gunicorn gthread 2 x 4, intra-op threads 1; raw ORT: "
         f"intra-op threads {threads}; one sample per request (BERT: sequence lengths "
-        f"{BERT_LENGTHS[0]}-{BERT_LENGTHS[-1]} in turn)"
+        f"{BERT_LENGTHS[0]}-{BERT_LENGTHS[-1]} in turn; tapeserve pads them into batches, "
+        "`unpadded` rows batch equal lengths only, `buckets` rows pad within buckets 32/64/96/128)"
     )
     info = {"started": started, "settings": settings, "versions": versions(),
             "load_start": load_start, "load_end": load_average()}  # fmt: skip
