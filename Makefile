@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install serve test lint format clean demo-model gpu-check
 
-$(STAMP): pyproject.toml setup.py serve/protocol/_jsonnum.c
+# (setup.py builds the C extension: a change to it or to its source reinstalls)
+$(STAMP): pyproject.toml $(wildcard setup.py serve/protocol/_jsonnum.c)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test,bench]'
