@@ -58,12 +58,20 @@ RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
 
 # ---- builder: the project as a wheel, built without network access once its tools are cached ----
 FROM deps AS builder
+# A C compiler and the Python headers for serve/protocol/_jsonnum.c (the numeric JSON parser);
+# they stay in this stage: the runtime image gets the built module only.
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends gcc libc6-dev; \
+    include="$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"; \
+    if [ ! -e "$include/Python.h" ]; then apt-get install -y --no-install-recommends python3-dev; fi; \
+    rm -rf /var/lib/apt/lists/*
 COPY --from=requirements /build-requirements.txt /tmp/build-requirements.txt
 RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
     pip download --quiet -d /var/cache/wheels -r /tmp/build-requirements.txt \
     && pip install --no-index --find-links /var/cache/wheels -r /tmp/build-requirements.txt
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY serve ./serve
 COPY loadgen ./loadgen
 COPY engine ./engine
@@ -104,7 +112,8 @@ RUN --mount=type=cache,target=/var/cache/wheels,sharing=locked \
     rm /tmp/cuda-requirements.txt
 # The project itself is a small layer of its own on top of the dependencies.
 COPY --from=builder /staging/ /
-RUN tapeserve --help >/dev/null
+# The C parser must have been built (setup.py makes it optional, for installs without a compiler).
+RUN tapeserve --help >/dev/null && python3 -c 'import serve.protocol._jsonnum'
 # HOME=/tmp: the user has no home, and /tmp is the one writable place on a read-only root.
 ENV HOME=/tmp \
     TAPESERVE_MODEL_REPOSITORY=/models \

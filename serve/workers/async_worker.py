@@ -155,6 +155,7 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
         if self._head_bytes > limits.field_size or len(self.headers) > limits.fields:
             self._check_fields()  # else the whole head is smaller than one field may be
         self._head_bytes = 0
+        self.server_state.requests_begun += 1
         super().on_headers_complete()
         if self.server_state.stopping or draining() or self._last_before_restart():
             self.cycle.keep_alive = False  # answered with "Connection: close"
@@ -162,9 +163,13 @@ class TapeserveHttpProtocol(HttpToolsProtocol):
     def _last_before_restart(self) -> bool:
         """This request reaches `max_requests`: the worker stops at its next tick, so its answer
         closes the connection, as Gunicorn's workers do (the client's next request opens a new
-        one instead of racing the stopping worker on this one)."""
+        one instead of racing the stopping worker on this one).
+
+        Counted as requests begin, as Gunicorn counts: uvicorn's `total_requests` grows when an
+        app's last (possibly empty) body message is sent, which a client holding the whole body
+        already can outrun with its next request."""
         limit = self.config.limit_max_requests
-        return limit is not None and self.server_state.total_requests + 1 >= limit
+        return limit is not None and self.server_state.requests_begun >= limit
 
     def _check_fields(self) -> None:
         """Gunicorn's limits on the number and the size of header fields."""
@@ -202,6 +207,7 @@ class DrainingServerState(ServerState):
     """uvicorn's state shared by the connections of a server, plus whether it is stopping."""
 
     stopping = False  # set by DrainingServer.shutdown: every answer closes its connection
+    requests_begun = 0  # heads received, counted against max_requests
 
 
 class DrainingServer(Server):
