@@ -127,7 +127,8 @@ def test_sigterm_under_grpc_load_loses_no_call(tapeserve_server, repository, wor
             thread.join(60)
     answered = _answered_by_server(srv.log())
     assert srv.process.returncode == 0, srv.log()[-3000:]
-    assert exited_after < GRACE_S, exited_after
+    # The log says which worker's drain step ran long (its drain lines, a graceful-timeout cut).
+    assert exited_after < GRACE_S, (exited_after, srv.log()[-6000:])
     assert not outcomes.lost, dict(list(outcomes.lost.items())[:5])
     assert outcomes.count() > ok_at_term, "calls in flight at SIGTERM were answered"
     server_ok = {rid for rid, status in answered.items() if status == 200}
