@@ -166,6 +166,7 @@ class RunCost:
         self._refit = refit
         self._min_runs = min_runs
         self._since = 0
+        self._tried = False  # a fit was attempted: the next one waits for `refit` more runs
         self._fitted: tuple[float, float] | None = None
         self._lock = threading.Lock()
 
@@ -178,12 +179,14 @@ class RunCost:
         """(overhead seconds, seconds per element), or None before `min_runs` runs of at least
         three different sizes."""
         with self._lock:
-            if self._since < self._refit and (self._fitted or len(self._runs) < self._min_runs):
+            if len(self._runs) < self._min_runs or (self._tried and self._since < self._refit):
                 return self._fitted
             runs = np.array(self._runs)
-            self._since = 0
+            self._since, self._tried = 0, True
         x, y = runs[:, 0], runs[:, 1]
         if len(np.unique(x)) < 3:
+            with self._lock:
+                self._fitted = None
             return None
         i, j = np.triu_indices(len(x), 1)
         apart = x[i] != x[j]

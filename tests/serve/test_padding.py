@@ -76,6 +76,11 @@ def test_run_cost_fits_overhead_and_per_element_despite_outliers() -> None:
     for _ in range(20):
         same.observe(64, 0.1)
     assert same.overhead_elements() is None  # one size: the two costs cannot be told apart
+    for i in range(7):  # tried again only after `refit` more runs
+        same.observe(32 * (i % 3 + 1), 0.05 * (i % 3 + 1))
+    assert same.overhead_elements() is None
+    same.observe(64, 0.1)
+    assert same.overhead_elements() is not None
     flat = RunCost()
     for i in range(20):
         flat.observe(10 + i, 0.01)
