@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.core.padding import PaddingPlan
+from serve.core.padding import Dims, PaddingPlan
 from serve.protocol.datatypes import numpy_dtype
 from serve.protocol.types import TensorSpec
 
@@ -45,20 +45,32 @@ class BatchOutputs:
         return not self.other
 
 
-def probe_feeds(specs: list[TensorSpec], batch: int, varied: bool) -> dict[str, np.ndarray]:
-    """Inputs of `batch` rows, variable dimensions 1: zeros, or with `varied` uniform [0, 1)
-    floats (integers stay 0: they often index tables), empty strings for BYTES."""
-    rng = np.random.default_rng(batch)
+def probe_feeds(
+    specs: list[TensorSpec],
+    batch: int,
+    varied: bool,
+    *,
+    ones: bool = False,
+    axes: dict[str, Dims] | None = None,
+    lengths: tuple[int, ...] = (),
+) -> dict[str, np.ndarray]:
+    """Inputs of `batch` rows, variable dimensions 1 (those in `axes` the `lengths` of their
+    axis): zeros, or with `varied` uniform [0, 1) floats, empty strings for BYTES. Integers
+    and booleans stay 0 (they often index tables), or 1 with `ones` (a mask of ones keeps
+    every real position)."""
+    rng = np.random.default_rng(batch + sum(lengths))
     feeds = {}
     for spec in specs:
-        shape = (batch, *(1 if d < 0 else d for d in spec.shape[1:]))
+        shape = [batch, *(1 if d < 0 else d for d in spec.shape[1:])]
+        for d, axis in (axes or {}).get(spec.name, ()):
+            shape[d] = lengths[axis]
         dtype = numpy_dtype(spec.datatype)
         if dtype.kind == "O":
             feeds[spec.name] = np.full(shape, b"", dtype=object)
         elif varied and dtype.kind == "f":
             feeds[spec.name] = rng.random(shape).astype(dtype)
         else:
-            feeds[spec.name] = np.zeros(shape, dtype)
+            feeds[spec.name] = (np.ones if ones else np.zeros)(shape, dtype)
     return feeds
 
 
@@ -182,27 +194,6 @@ def padding_values(specs: list[TensorSpec], configured: dict[str, object]) -> di
     return values
 
 
-def _length_feeds(
-    specs: list[TensorSpec], inputs: dict, lengths: tuple[int, ...], ones: bool
-) -> dict[str, np.ndarray]:
-    """Probe inputs of 2 rows with the given axis lengths: zeros, or with `ones` integers and
-    booleans 1 and floats uniform in [0, 1) (a mask of ones keeps every real position)."""
-    rng = np.random.default_rng(sum(lengths))
-    feeds = {}
-    for spec in specs:
-        shape = [2, *(1 if d < 0 else d for d in spec.shape[1:])]
-        for d, axis in inputs.get(spec.name, ()):
-            shape[d] = lengths[axis]
-        dtype = numpy_dtype(spec.datatype)
-        if dtype.kind == "O":
-            feeds[spec.name] = np.full(shape, b"", dtype=object)
-        elif ones and dtype.kind == "f":
-            feeds[spec.name] = rng.random(shape).astype(dtype)
-        else:
-            feeds[spec.name] = (np.ones if ones else np.zeros)(shape, dtype)
-    return feeds
-
-
 def decide_lengths(
     session, configured: dict[str, object], buckets: tuple[int, ...] = ()
 ) -> PaddingPlan | None:
@@ -226,7 +217,10 @@ def decide_lengths(
         tuple(base + k * (1 + i) for k in range(count)) for i, base in enumerate(PROBE_LENGTHS)
     ]
     try:
-        runs = [session.run(_length_feeds(session.inputs, inputs, p, ones=False)) for p in probes]
+        runs = [
+            session.run(probe_feeds(session.inputs, 2, False, axes=inputs, lengths=p))
+            for p in probes
+        ]
     except Exception as exc:
         outputs = _static_lengths(session, names, inputs, exc)
     else:
@@ -290,7 +284,7 @@ def _static_lengths(session, names: list[str], inputs: dict, exc: Exception):
 
 
 def _check_padding_ignored(session, plan: PaddingPlan, probes, names: list[str]) -> None:
-    feeds = _length_feeds(session.inputs, plan.inputs, probes[0], ones=True)
+    feeds = probe_feeds(session.inputs, 2, True, ones=True, axes=plan.inputs, lengths=probes[0])
     try:
         alone = session.run(feeds)
         padded = session.run(plan.pad([feeds], [probes[0]], probes[1]))
